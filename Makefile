@@ -1,0 +1,43 @@
+# fedslim — top-level driver. `make demo` and `make check` are the two commands a new user runs.
+#   deps   install missing Debian packages (scripts/install-deps.sh)
+#   build  optimised build in build/ (binaries in build/bin/)
+#   check  -Werror + AddressSanitizer/UndefinedBehaviorSanitizer build in build/check, all tests,
+#          then the libFuzzer targets (clang) in build/fuzz for a bounded time
+#   demo   build, then run the demo job (scripts/demo.sh)
+#   bench  build, then run the benchmarks; writes bench/results.json
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build check check-unit check-fuzz demo bench clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DFEDSLIM_WERROR=ON $(CMAKE_FLAGS) >/dev/null
+	cmake --build build -j$(JOBS)
+
+check: deps check-unit check-fuzz
+
+check-unit:
+	cmake -S . -B build/check -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFEDSLIM_WERROR=ON \
+	      -DFEDSLIM_SANITIZE=address,undefined $(CMAKE_FLAGS) >/dev/null
+	cmake --build build/check -j$(JOBS)
+	cd build/check && ctest --output-on-failure -j$(JOBS) -LE fuzz
+
+check-fuzz:
+	cmake -S . -B build/fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	      -DFEDSLIM_FUZZ=ON -DFEDSLIM_SANITIZE=address,undefined $(CMAKE_FLAGS) >/dev/null
+	cmake --build build/fuzz -j$(JOBS) --target fuzz_all
+	cd build/fuzz && ctest --output-on-failure -L fuzz
+
+demo: build
+	./scripts/demo.sh
+
+bench: build
+	./bench/run.sh
+
+clean:
+	rm -rf build

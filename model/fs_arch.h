@@ -10,6 +10,7 @@
 #ifndef FS_ARCH_H
 #define FS_ARCH_H
 
+#include "fs_safetensors.h"
 #include "fs_util.h"
 
 #define FS_ARCH_VERSION 1
@@ -81,5 +82,18 @@ int fs_arch_validate(const fs_arch *a, fs_diag *d);
  * out-of-range fields, naming the field. */
 int fs_arch_to_json(const fs_arch *a, char **out, fs_diag *d);
 int fs_arch_from_json(fs_arch *a, const char *json, size_t len, fs_diag *d);
+
+/* Infers the architecture of a PyTorch state_dict saved as safetensors with torchvision names
+ * (conv1, bn1, layerS.B.convK/bnK, layerS.B.downsample.0/1, fc; an MLP as fc1..fcN with biases),
+ * from the tensor shapes themselves (so channel-pruned models import too). Block type: conv3
+ * present -> Bottleneck; stem: conv1 kernel 7 -> ImageNet, 3 -> CIFAR. Assumes torchvision's
+ * strides: 1 in stage 1, 2 on block 0 of every later stage (weights cannot tell strides).
+ * Then checks that every tensor has the shape the inferred architecture needs and that no tensor
+ * is unknown (num_batches_tracked of a batch norm is accepted and ignored).
+ * in_c <= 0: taken from conv1.weight (or fc1 for an MLP); in_h, in_w: the input size (> 0).
+ * mean/std: n_mean values (0: mean 0, std 1; 1: the same for every channel; in_c: per channel).
+ * Writes *a only on success; errors name the file, the tensor and both shapes. */
+int fs_arch_infer(fs_arch *a, const fs_safetensors *st, int in_c, int in_h, int in_w,
+                  const float *mean, const float *std, int n_mean, fs_diag *d);
 
 #endif

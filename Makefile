@@ -5,10 +5,11 @@
 #          then the libFuzzer targets (clang) in build/fuzz for a bounded time
 #   demo   build, then run the demo job (scripts/demo.sh)
 #   bench  build, then run the benchmarks; writes bench/results.json
+#   package  build with prefix /usr, then cpack: build/fedslim_<version>_amd64.deb (packaging/)
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build check check-unit check-fuzz demo bench clean
+.PHONY: all deps build check check-unit check-fuzz demo bench package clean
 
 all: build
 
@@ -38,6 +39,11 @@ demo: build
 
 bench: build
 	./bench/run.sh
+
+package: build
+	cmake -S . -B build -DCMAKE_INSTALL_PREFIX=/usr >/dev/null
+	cmake --build build -j$(JOBS)
+	cd build && cpack -G DEB
 
 clean:
 	rm -rf build

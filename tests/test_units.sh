@@ -146,6 +146,20 @@ if grep -q '^RuntimeDirectory=fedslim$' "$unitdir/fedslim-agent.service"; then
 fi
 grep -qE '^u fedslim - ' "$root/usr/lib/sysusers.d/fedslim.conf" || fail "sysusers: no 'u fedslim -' line"
 
+# fedslim.conf(5) documents every key of the daemons' configuration schemas (daemon/config_*.c).
+keys=$(cat "$src"/daemon/config_*.c "$src"/daemon/config_internal.h 2>/dev/null | sed -n 's/.*\.key = "\([a-z_]*\)".*/\1/p' | sort -u)
+if [ -n "$keys" ]; then
+    n=0
+    for k in $keys; do
+        grep -qF "*$k* =" "$src/packaging/man/fedslim.conf.5.scd" ||
+            fail "fedslim.conf(5) (packaging/man/fedslim.conf.5.scd) does not document key '$k'"
+        n=$((n + 1))
+    done
+    note "fedslim.conf(5) documents all $n configuration keys"
+else
+    note "NOTE: no daemon/config_*.c yet: fedslim.conf(5) key list not cross-checked"
+fi
+
 # --- 5. the harness itself can fail -------------------------------------------------------------
 sed -e 's/^ProtectSystem=strict$/ProtectSystem=stric/' "$unitdir/fedslim-coordinator.service" \
     >"$unitdir/fs-selfcheck.service"

@@ -77,10 +77,59 @@ static size_t wpart_floats(const fs_conv2d_shape *s)
     return fs_align_up((size_t)s->OC * (s->C / s->groups) * s->KH * s->KW, 16);
 }
 
+/* Row stride of the padded column buffers of the micro-kernel path: a multiple of the widest
+ * register tile (32 floats), so tiles may read whole vectors past OH*OW. */
+static size_t simd_ld(const fs_conv2d_shape *s)
+{
+    return fs_align_up((size_t)s->OH * s->OW, 32);
+}
+
+/* Images per backward chunk: the dot products of the weight gradient run over chunk·ld columns
+ * (long enough to amortise the horizontal sums), the column buffer stays within ~768 KiB (L2),
+ * and every thread still gets a chunk. */
+static int simd_chunk(const fs_conv2d_shape *s)
+{
+    const size_t ld = simd_ld(s), kcol = (size_t)(s->C / s->groups) * s->KH * s->KW;
+    size_t nb = (512 + ld - 1) / ld;
+    size_t budget = (size_t)196608 / (kcol * ld);
+    if (nb > budget)
+        nb = budget;
+    int t = fs__threads();
+    size_t fair = ((size_t)s->N + (size_t)t - 1) / (size_t)t;
+    if (nb > fair)
+        nb = fair;
+    return nb < 1 ? 1 : (int)nb;
+}
+
+/* Per-thread floats of the micro-kernel path: padded col, padded dout copy, weight partial. */
+static size_t simd_col_floats(const fs_conv2d_shape *s)
+{
+    return fs_align_up((size_t)(s->C / s->groups) * s->KH * s->KW * simd_ld(s) *
+                           (size_t)simd_chunk(s), 16);
+}
+
+static size_t simd_dpad_floats(const fs_conv2d_shape *s)
+{
+    return fs_align_up((size_t)(s->OC / s->groups) * simd_ld(s) * (size_t)simd_chunk(s), 16);
+}
+
+static size_t simd_thread_floats(const fs_conv2d_shape *s)
+{
+    return simd_col_floats(s) + simd_dpad_floats(s) + wpart_floats(s);
+}
+
+static int simd_threads(const fs_conv2d_shape *s)
+{
+    int t = fs__threads();
+    return t < s->N ? t : s->N;
+}
+
 size_t fs_conv2d_workspace(const fs_conv2d_shape *s)
 {
     if (is_depthwise(s))
         return 0;
+    if (fs_conv2d_get_impl() != FS_CONV_IMPL_BLAS)
+        return (size_t)simd_threads(s) * simd_thread_floats(s);
     size_t col = fs_align_up(col_floats(s), 16);
     int t = fs__threads();
     if (t <= 1)
@@ -137,9 +186,10 @@ static void im2col_row(float *restrict dst, const float *restrict src, int kh, i
     }
 }
 
-/* src: Cg input planes of one image; col: [Cg*KH*KW, OH*OW]. nthr > 1: OpenMP over rows. */
-static void im2col(float *restrict col, const float *restrict src, int Cg,
-                   const fs_conv2d_shape *s, int nthr)
+/* src: Cg input planes of one image; col: [Cg*KH*KW] rows `ld` apart, `width` (>= OH*OW) columns
+ * written, those past OH*OW zeroed. nthr > 1: OpenMP over rows. */
+static void im2col_w(float *restrict col, const float *restrict src, int Cg,
+                     const fs_conv2d_shape *s, size_t ld, size_t width, int nthr)
 {
     const int KK = s->KH * s->KW;
     const size_t plane = (size_t)s->H * s->W, ohw = (size_t)s->OH * s->OW;
@@ -147,8 +197,17 @@ static void im2col(float *restrict col, const float *restrict src, int Cg,
 #pragma omp parallel for schedule(static) num_threads(nthr) if (nthr > 1)
     for (int r = 0; r < rows; r++) {
         int c = r / KK, k = r % KK;
-        im2col_row(col + (size_t)r * ohw, src + (size_t)c * plane, k / s->KW, k % s->KW, s);
+        float *row = col + (size_t)r * ld;
+        im2col_row(row, src + (size_t)c * plane, k / s->KW, k % s->KW, s);
+        for (size_t i = ohw; i < width; i++)
+            row[i] = 0.0f;
     }
+}
+
+static void im2col(float *restrict col, const float *restrict src, int Cg,
+                   const fs_conv2d_shape *s, size_t ld, int nthr)
+{
+    im2col_w(col, src, Cg, s, ld, ld, nthr);
 }
 
 /* dst plane += col row (kh, kw) scattered back. */
@@ -175,12 +234,13 @@ static void col2im_row(float *restrict dst, const float *restrict row, int kh, i
     }
 }
 
-/* dst (Cg planes of one image) += col2im(col). Parallel over channels: each plane has one owner. */
+/* dst (Cg planes of one image) += col2im(col), col rows ld apart. Parallel over channels: each
+ * plane has one owner. */
 static void col2im(float *restrict dst, const float *restrict col, int Cg, const fs_conv2d_shape *s,
-                   int nthr)
+                   size_t ld, int nthr)
 {
     const int KK = s->KH * s->KW;
-    const size_t plane = (size_t)s->H * s->W, ohw = (size_t)s->OH * s->OW;
+    const size_t plane = (size_t)s->H * s->W, ohw = ld;
 #pragma omp parallel for schedule(static) num_threads(nthr) if (nthr > 1)
     for (int c = 0; c < Cg; c++)
         for (int k = 0; k < KK; k++)
@@ -283,6 +343,120 @@ static void dw_backward(float *din, float *dw, const float *dout, const float *i
     }
 }
 
+/* ---- micro-kernel path (conv_simd.c): padded im2col per image, own GEMM tiles ------------ */
+
+static void simd_forward_image(int impl, float *out_n, const float *in_n, const float *w,
+                               float *col, const fs_conv2d_shape *s)
+{
+    const int G = s->groups, Cg = s->C / G, OCg = s->OC / G;
+    const int kcol = Cg * s->KH * s->KW, ohw = s->OH * s->OW;
+    const size_t plane = (size_t)s->H * s->W, ld = simd_ld(s);
+    for (int g = 0; g < G; g++) {
+        im2col(col, in_n + (size_t)g * Cg * plane, Cg, s, ld, 1);
+        fs__ugemm_nn(impl, OCg, ohw, kcol, w + (size_t)g * OCg * kcol, kcol, 1, col,
+                     (ptrdiff_t)ld, out_n + (size_t)g * OCg * ohw, ohw, 0);
+    }
+}
+
+/* Images n0 .. n0+nb-1, all groups. Column blocks of ld per image, rows L = nb·ld long:
+ * dpad [OCg, L] (dout, zero-padded), col [kcol, L]. */
+static void simd_backward_chunk(int impl, float *din, float *dw_acc, const float *dout,
+                                const float *in, const float *w, float *col, float *dpad, int n0,
+                                int nb, const fs_conv2d_shape *s)
+{
+    const int G = s->groups, Cg = s->C / G, OCg = s->OC / G;
+    const int kcol = Cg * s->KH * s->KW, ohw = s->OH * s->OW;
+    const size_t plane = (size_t)s->H * s->W, ld = simd_ld(s), L = ld * (size_t)nb;
+    const size_t in_img = (size_t)s->C * plane, out_img = (size_t)s->OC * ohw;
+    const int pw = is_pointwise(s);
+    for (int g = 0; g < G; g++) {
+        const float *wg = w + (size_t)g * OCg * kcol;
+        for (int i = 0; i < nb; i++) {
+            const float *go = dout + (size_t)(n0 + i) * out_img + (size_t)g * OCg * ohw;
+            for (int oc = 0; oc < OCg; oc++) { /* dout rows, zero-padded to ld */
+                float *d = dpad + (size_t)oc * L + (size_t)i * ld;
+                memcpy(d, go + (size_t)oc * ohw, sizeof(float) * (size_t)ohw);
+                for (size_t k = (size_t)ohw; k < ld; k++)
+                    d[k] = 0.0f;
+            }
+        }
+        if (dw_acc) { /* dW[OCg, kcol] += dpad · colᵀ over all nb images */
+            for (int i = 0; i < nb; i++)
+                im2col_w(col + (size_t)i * ld, in + (size_t)(n0 + i) * in_img + (size_t)g * Cg * plane,
+                         Cg, s, L, ld, 1);
+            fs__ugemm_dot(impl, OCg, kcol, (int)L, dpad, (ptrdiff_t)L, col, (ptrdiff_t)L,
+                          dw_acc + (size_t)g * OCg * kcol, kcol);
+        }
+        if (din) {
+            if (pw) { /* din += Wᵀ · dout directly */
+                for (int i = 0; i < nb; i++)
+                    fs__ugemm_nn(impl, kcol, ohw, OCg, wg, 1, kcol, dpad + (size_t)i * ld,
+                                 (ptrdiff_t)L, din + (size_t)(n0 + i) * in_img + (size_t)g * Cg * plane,
+                                 ohw, 1);
+            } else { /* dcol[kcol, L] = Wᵀ · dpad, then col2im per image */
+                fs__ugemm_nn(impl, kcol, (int)L, OCg, wg, 1, kcol, dpad, (ptrdiff_t)L, col,
+                             (ptrdiff_t)L, 0);
+                for (int i = 0; i < nb; i++)
+                    col2im(din + (size_t)(n0 + i) * in_img + (size_t)g * Cg * plane,
+                           col + (size_t)i * ld, Cg, s, L, 1);
+            }
+        }
+    }
+}
+
+static void simd_forward(int impl, float *out, const float *in, const float *w, float *work,
+                         const fs_conv2d_shape *s)
+{
+    const size_t in_img = (size_t)s->C * s->H * s->W, out_img = (size_t)s->OC * s->OH * s->OW;
+    const int nt = simd_threads(s);
+    const size_t per = simd_thread_floats(s);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        float *col = work + (size_t)omp_get_thread_num() * per;
+#pragma omp for schedule(static)
+        for (int n = 0; n < s->N; n++)
+            simd_forward_image(impl, out + n * out_img, in + n * in_img, w, col, s);
+    }
+}
+
+static void simd_backward(int impl, float *din, float *dw, const float *dout, const float *in,
+                          const float *w, float *work, const fs_conv2d_shape *s)
+{
+    const size_t wn = (size_t)s->OC * (s->C / s->groups) * s->KH * s->KW;
+    const int nt = simd_threads(s), nb = simd_chunk(s), nchunks = (s->N + nb - 1) / nb;
+    const size_t per = simd_thread_floats(s), colf = simd_col_floats(s);
+    const size_t dpadf = simd_dpad_floats(s);
+    if (nt <= 1) {
+        for (int c = 0; c < nchunks; c++) {
+            int n0 = c * nb, cnt = s->N - n0 < nb ? s->N - n0 : nb;
+            simd_backward_chunk(impl, din, dw, dout, in, w, work, work + colf, n0, cnt, s);
+        }
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        float *col = work + (size_t)omp_get_thread_num() * per;
+        float *dpad = col + colf, *mydw = dw ? dpad + dpadf : NULL;
+        if (mydw)
+            memset(mydw, 0, sizeof(float) * wn);
+#pragma omp for schedule(static)
+        for (int c = 0; c < nchunks; c++) {
+            int n0 = c * nb, cnt = s->N - n0 < nb ? s->N - n0 : nb;
+            simd_backward_chunk(impl, din, mydw, dout, in, w, col, dpad, n0, cnt, s);
+        }
+        if (dw) {
+            /* Partials added in thread order: element i belongs to one thread. */
+#pragma omp for schedule(static)
+            for (size_t i = 0; i < wn; i++) {
+                float a = dw[i];
+                for (int t = 0; t < nt; t++)
+                    a += work[(size_t)t * per + colf + dpadf + i];
+                dw[i] = a;
+            }
+        }
+    }
+}
+
 /* ---- forward ------------------------------------------------------------------------------ */
 
 /* One image, all groups. col: this caller's column buffer; nthr: team for im2col. */
@@ -297,7 +471,7 @@ static void forward_image(float *restrict out_n, const float *restrict in_n,
         const float *src = in_n + (size_t)g * Cg * plane;
         const float *b = src;
         if (!is_pointwise(s)) {
-            im2col(col, src, Cg, s, nthr);
+            im2col(col, src, Cg, s, (size_t)ohw, nthr);
             b = col;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OCg, ohw, kcol, 1.0f,
@@ -326,6 +500,13 @@ void fs_conv2d_forward(float *restrict out, const float *restrict in, const floa
 {
     if (is_depthwise(s)) {
         dw_forward(out, in, w, bias, s);
+        return;
+    }
+    const int impl = fs_conv2d_get_impl();
+    if (impl != FS_CONV_IMPL_BLAS) {
+        simd_forward(impl, out, in, w, work, s);
+        if (bias)
+            add_bias(out, bias, s);
         return;
     }
     const size_t in_img = (size_t)s->C * s->H * s->W, out_img = (size_t)s->OC * s->OH * s->OW;
@@ -365,7 +546,7 @@ static void backward_image(float *din_n, float *dw_acc, const float *dout_n, con
         if (dw_acc) {
             const float *b = src;
             if (!pw) {
-                im2col(col, src, Cg, s, nthr);
+                im2col(col, src, Cg, s, (size_t)ohw, nthr);
                 b = col;
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OCg, kcol, ohw, 1.0f, go, ohw, b,
@@ -379,7 +560,7 @@ static void backward_image(float *din_n, float *dw_acc, const float *dout_n, con
             } else {
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kcol, ohw, OCg, 1.0f, wg,
                             kcol, go, ohw, 0.0f, col, ohw);
-                col2im(dst, col, Cg, s, nthr);
+                col2im(dst, col, Cg, s, (size_t)ohw, nthr);
             }
         }
     }
@@ -412,6 +593,11 @@ void fs_conv2d_backward(float *din, float *dw, float *dbias, const float *dout, 
         return;
     if (is_depthwise(s)) {
         dw_backward(din, dw, dout, in, w, s);
+        return;
+    }
+    const int impl = fs_conv2d_get_impl();
+    if (impl != FS_CONV_IMPL_BLAS) {
+        simd_backward(impl, din, dw, dout, in, w, work, s);
         return;
     }
     const size_t in_img = (size_t)s->C * s->H * s->W, out_img = (size_t)s->OC * s->OH * s->OW;

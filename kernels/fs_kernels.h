@@ -25,6 +25,10 @@ void fs_threads_configure(int threads);
 int fs_threads_get(void);
 /* "OpenBLAS 0.3.21 ... (pthread|openmp), N threads" for logs and bench reports. */
 const char *fs_threads_describe(void);
+/* Call first thing in main(): if OpenBLAS misdetected this CPU (0.3.21 falls back to SSE3
+ * kernels on AMD Zen 4), sets OPENBLAS_CORETYPE and re-executes the program (blas_core.c).
+ * Returns only when no re-execution was needed or possible. */
+void fs_blas_select_core(char **argv);
 
 /* ---- convolution -------------------------------------------------------------------------- */
 
@@ -49,6 +53,16 @@ void fs_conv2d_forward(float *restrict out, const float *restrict in, const floa
 /* din [N,C,H,W] +=, dw [OC,C/g,KH,KW] +=, dbias [OC] += (each may be NULL). */
 void fs_conv2d_backward(float *din, float *dw, float *dbias, const float *dout, const float *in,
                         const float *w, float *work, const fs_conv2d_shape *s);
+
+/* Implementation of the non-depthwise convolutions. AUTO (the default) picks the best the CPU
+ * supports: own AVX-512 or AVX2+FMA micro-kernels (independent of the kernels OpenBLAS's
+ * DYNAMIC_ARCH selects), else im2col + cblas_sgemm. Forcing one is for tests and benchmarks:
+ * fs_conv2d_set_impl returns FS_EUNSUPPORTED if the CPU lacks it. Set it before computing
+ * workspace sizes; like the thread setting it is process-wide. */
+enum { FS_CONV_IMPL_AUTO = 0, FS_CONV_IMPL_BLAS = 1, FS_CONV_IMPL_AVX2 = 2, FS_CONV_IMPL_AVX512 = 3 };
+int fs_conv2d_set_impl(int impl);
+int fs_conv2d_get_impl(void);               /* the one in use (never AUTO) */
+const char *fs_conv2d_impl_name(int impl);
 
 /* ---- batch norm (torch.nn.BatchNorm2d; also used for [N, C] with H = W = 1) ---------------- */
 

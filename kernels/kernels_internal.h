@@ -22,4 +22,10 @@ static inline void fs__chunk(size_t n, int parts, int k, size_t *lo, size_t *hi)
     *hi = *lo + q + (kk < r ? 1 : 0);
 }
 
+/* Micro-kernels of conv_simd.c (impl: FS_CONV_IMPL_AVX2 or _AVX512). See conv_ukernel.h. */
+void fs__ugemm_nn(int impl, int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
+                  const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc);
+void fs__ugemm_dot(int impl, int M, int Kc, int L, const float *P, ptrdiff_t ldp, const float *Q,
+                   ptrdiff_t ldq, float *D, ptrdiff_t ldd);
+
 #endif

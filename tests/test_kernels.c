@@ -231,11 +231,17 @@ static void conv_shape_rejects_impossible(void **state)
     assert_int_equal(fs_conv2d_shape_init(&s), FS_EINVAL); /* does not fit a blasint */
 }
 
+/* Runs body for every convolution implementation the CPU supports and every thread mode. */
+#define FOR_EACH_IMPL_AND_MODE(impl, mode)                                                     \
+    for (int impl = FS_CONV_IMPL_BLAS; impl <= FS_CONV_IMPL_AVX512; impl++)                    \
+        if (fs_conv2d_set_impl(impl) == 0)                                                     \
+            for (int mode = MODE_1T; mode <= MODE_2T_IMAGES; mode++)                           \
+                if ((set_mode(mode), 1))
+
 static void conv_forward_matches_torch(void **state)
 {
     (void)state;
-    for (int mode = MODE_1T; mode <= MODE_2T_IMAGES; mode++) {
-        set_mode(mode);
+    FOR_EACH_IMPL_AND_MODE(impl, mode) {
         for (size_t k = 0; k < sizeof CONV / sizeof CONV[0]; k++) {
             const conv_case *c = &CONV[k];
             fs_conv2d_shape s = conv_shape(c);
@@ -255,11 +261,12 @@ static void conv_forward_matches_torch(void **state)
             float *y = falloc(ny), *work = falloc(fs_conv2d_workspace(&s));
             fill(y, ny, NAN); /* written, not accumulated */
             fs_conv2d_forward(y, x, w, b, work, &s);
-            snprintf(nm, sizeof nm, "%s (mode %d)", c->name, mode);
+            snprintf(nm, sizeof nm, "%s (%s, mode %d)", c->name, fs_conv2d_impl_name(impl), mode);
             expect_close(nm, y, want, ny, 1e-4, 1e-4);
             fs_free(x), fs_free(w), fs_free(b), fs_free(want), fs_free(y), fs_free(work);
         }
     }
+    fs_conv2d_set_impl(FS_CONV_IMPL_AUTO);
     fs_threads_configure(2);
 }
 
@@ -335,13 +342,15 @@ static void conv_backward_finite_differences(void **state)
         {"16ch 3x3 (fast path size)", 2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 0},
         {"16->32 3x3 s2", 2, 16, 8, 8, 32, 3, 3, 2, 1, 1, 0},
     };
-    for (int mode = MODE_1T; mode <= MODE_2T_IMAGES; mode++) {
-        set_mode(mode);
+    FOR_EACH_IMPL_AND_MODE(impl, mode) {
         for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
             fs_conv2d_shape s = conv_shape(&cases[k]);
+            print_message("conv backward %s: %s, mode %d\n", cases[k].name,
+                          fs_conv2d_impl_name(impl), mode);
             conv_backward_one(&s, cases[k].bias, 100 + k);
         }
     }
+    fs_conv2d_set_impl(FS_CONV_IMPL_AUTO);
     fs_threads_configure(2);
 }
 
@@ -353,8 +362,9 @@ static void conv_reproducible_with_two_threads(void **state)
     assert_int_equal(fs_conv2d_shape_init(&s), 0);
     size_t nx = (size_t)s.N * s.C * s.H * s.W, nw = (size_t)s.OC * s.C * 9;
     size_t ny = (size_t)s.N * s.OC * s.OH * s.OW;
-    for (int mode = MODE_2T_SERIAL_GEMM; mode <= MODE_2T_IMAGES; mode++) {
-        set_mode(mode);
+    FOR_EACH_IMPL_AND_MODE(impl, mode) {
+        if (mode == MODE_1T)
+            continue;
         fs_rng r;
         fs_rng_seed(&r, 7);
         float *x = rand_normal(&r, nx, 1.0f), *w = rand_normal(&r, nw, 0.3f);
@@ -374,6 +384,7 @@ static void conv_reproducible_with_two_threads(void **state)
             fs_free(y[run]), fs_free(dx[run]), fs_free(dw[run]), fs_free(db[run]);
         fs_free(x), fs_free(w), fs_free(b), fs_free(g), fs_free(work);
     }
+    fs_conv2d_set_impl(FS_CONV_IMPL_AUTO);
     fs_threads_configure(2);
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "fs_cli.h"
+#include "fs_kernels.h"
 
 typedef struct {
     const char *name;
@@ -62,6 +63,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    fs_blas_select_core(argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

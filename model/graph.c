@@ -4,6 +4,7 @@
  * It does not run anything (run.c) and does not read files (io.c).
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,18 @@ typedef struct {
     fs_diag *d;
     int err;
 } builder;
+
+/* snprintf that flags truncation: names are bounded, and a name that does not fit is our bug
+ * (architectures are validated, so their names are short). */
+static void name_fmt(char *dst, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void name_fmt(char *dst, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(dst, n, fmt, ap);
+    va_end(ap);
+    FS_ASSERT(k >= 0 && (size_t)k < n);
+}
 
 static int grow(void **p, int *cap, int need, size_t elem)
 {
@@ -45,7 +58,7 @@ static int add_param(builder *b, const char *name, fs_param_kind kind, int ndim,
     }
     fs_param *p = &m->params[m->n_params];
     memset(p, 0, sizeof *p);
-    snprintf(p->name, sizeof p->name, "%s", name);
+    name_fmt(p->name, sizeof p->name, "%s", name);
     p->kind = kind;
     p->ndim = ndim;
     p->numel = 1;
@@ -67,7 +80,7 @@ static int add_node(builder *b, fs_node_op op, const char *name, int in0, int in
     fs_node *n = &m->nodes[m->n_nodes];
     memset(n, 0, sizeof *n);
     n->op = op;
-    snprintf(n->name, sizeof n->name, "%s", name);
+    name_fmt(n->name, sizeof n->name, "%s", name);
     n->in0 = in0;
     n->in1 = in1;
     n->p[0] = n->p[1] = n->p[2] = n->p[3] = -1;
@@ -111,12 +124,12 @@ static int plain_conv(builder *b, const char *name, int in, int OC, int K, int s
     nd->H = nd->conv.OH;
     nd->W = nd->conv.OW;
     char pname[128];
-    snprintf(pname, sizeof pname, "%s.weight", name);
+    name_fmt(pname, sizeof pname, "%s.weight", name);
     int64_t ws[4] = {OC, C, K, K};
     int pw = add_param(b, pname, FS_PARAM_WEIGHT, 4, ws);
     int pb = -1;
     if (bias) {
-        snprintf(pname, sizeof pname, "%s.bias", name);
+        name_fmt(pname, sizeof pname, "%s.bias", name);
         int64_t bs[1] = {OC};
         pb = add_param(b, pname, FS_PARAM_BIAS, 1, bs);
     }
@@ -142,20 +155,20 @@ static int conv(builder *b, const char *name, int in, int OC, int K, int stride,
     if (find_adaptor(b, name, FS_ADAPTOR_PRE)) {
         int C, H, W;
         shape_of(b, in, &C, &H, &W);
-        snprintf(sub, sizeof sub, "%s.adaptor_pre", name);
+        name_fmt(sub, sizeof sub, "%s.adaptor_pre", name);
         in = plain_conv(b, sub, in, C, 1, 1, 0, 0);
     }
     int out;
     if (o && o->rank > 0) {
-        snprintf(sub, sizeof sub, "%s.0", name);
+        name_fmt(sub, sizeof sub, "%s.0", name);
         int mid = plain_conv(b, sub, in, o->rank, K, stride, pad, 0);
-        snprintf(sub, sizeof sub, "%s.1", name);
+        name_fmt(sub, sizeof sub, "%s.1", name);
         out = plain_conv(b, sub, mid, OC, 1, 1, 0, 0);
     } else {
         out = plain_conv(b, name, in, OC, K, stride, pad, 0);
     }
     if (find_adaptor(b, name, FS_ADAPTOR_AFTER)) {
-        snprintf(sub, sizeof sub, "%s.adaptor_after", name);
+        name_fmt(sub, sizeof sub, "%s.adaptor_after", name);
         out = plain_conv(b, sub, out, OC, 1, 1, 0, 0);
     }
     return out;
@@ -177,7 +190,7 @@ static int bn(builder *b, const char *name, int in)
                                            FS_PARAM_BN_VAR};
     int p[4];
     for (int i = 0; i < 4; i++) {
-        snprintf(pname, sizeof pname, "%s.%s", name, suffix[i]);
+        name_fmt(pname, sizeof pname, "%s.%s", name, suffix[i]);
         p[i] = add_param(b, pname, kinds[i], 1, s);
     }
     fs_node *nd = &b->m->nodes[n];
@@ -243,12 +256,12 @@ static int plain_linear(builder *b, const char *name, int in, int OUT, int bias)
     if (n < 0)
         return -1;
     char pname[128];
-    snprintf(pname, sizeof pname, "%s.weight", name);
+    name_fmt(pname, sizeof pname, "%s.weight", name);
     int64_t ws[2] = {OUT, IN};
     int pw = add_param(b, pname, FS_PARAM_WEIGHT, 2, ws);
     int pb = -1;
     if (bias) {
-        snprintf(pname, sizeof pname, "%s.bias", name);
+        name_fmt(pname, sizeof pname, "%s.bias", name);
         int64_t bs[1] = {OUT};
         pb = add_param(b, pname, FS_PARAM_BIAS, 1, bs);
     }
@@ -266,9 +279,9 @@ static int linear(builder *b, const char *name, int in, int OUT, const fs_layer_
 {
     if (o && o->rank > 0) {
         char sub[96];
-        snprintf(sub, sizeof sub, "%s.0", name);
+        name_fmt(sub, sizeof sub, "%s.0", name);
         int mid = plain_linear(b, sub, in, o->rank, 0);
-        snprintf(sub, sizeof sub, "%s.1", name);
+        name_fmt(sub, sizeof sub, "%s.1", name);
         return plain_linear(b, sub, mid, OUT, 1);
     }
     return plain_linear(b, name, in, OUT, 1);
@@ -281,10 +294,10 @@ static int add_block(builder *b, int cur, int s, int i)
     const fs_stage_arch *st = &a->stages[s];
     const fs_block_arch *blk = &st->blocks[i];
     char pre[32], nm[96];
-    snprintf(pre, sizeof pre, "layer%d.%d", s + 1, i);
+    name_fmt(pre, sizeof pre, "layer%d.%d", s + 1, i);
     fs_block_info *info = &m->blocks[m->n_blocks];
     memset(info, 0, sizeof *info);
-    snprintf(info->name, sizeof info->name, "%s", pre);
+    name_fmt(info->name, sizeof info->name, "%s", pre);
     info->stage = s;
     info->index = i;
     info->identity = !blk->downsample;
@@ -293,44 +306,44 @@ static int add_block(builder *b, int cur, int s, int i)
 
     int x = cur, y;
     if (a->block == FS_BLOCK_BASIC) {
-        snprintf(nm, sizeof nm, "%s.conv1", pre);
+        name_fmt(nm, sizeof nm, "%s.conv1", pre);
         y = conv(b, nm, x, blk->mid[0], 3, blk->stride, 1, &blk->conv[0]);
-        snprintf(nm, sizeof nm, "%s.bn1", pre);
+        name_fmt(nm, sizeof nm, "%s.bn1", pre);
         y = bn(b, nm, y);
-        snprintf(nm, sizeof nm, "%s.relu1", pre);
+        name_fmt(nm, sizeof nm, "%s.relu1", pre);
         y = unary(b, FS_NODE_RELU, nm, y);
-        snprintf(nm, sizeof nm, "%s.conv2", pre);
+        name_fmt(nm, sizeof nm, "%s.conv2", pre);
         y = conv(b, nm, y, st->width, 3, 1, 1, &blk->conv[1]);
-        snprintf(nm, sizeof nm, "%s.bn2", pre);
+        name_fmt(nm, sizeof nm, "%s.bn2", pre);
         y = bn(b, nm, y);
     } else {
-        snprintf(nm, sizeof nm, "%s.conv1", pre);
+        name_fmt(nm, sizeof nm, "%s.conv1", pre);
         y = conv(b, nm, x, blk->mid[0], 1, 1, 0, &blk->conv[0]);
-        snprintf(nm, sizeof nm, "%s.bn1", pre);
+        name_fmt(nm, sizeof nm, "%s.bn1", pre);
         y = bn(b, nm, y);
-        snprintf(nm, sizeof nm, "%s.relu1", pre);
+        name_fmt(nm, sizeof nm, "%s.relu1", pre);
         y = unary(b, FS_NODE_RELU, nm, y);
-        snprintf(nm, sizeof nm, "%s.conv2", pre);
+        name_fmt(nm, sizeof nm, "%s.conv2", pre);
         y = conv(b, nm, y, blk->mid[1], 3, blk->stride, 1, &blk->conv[1]);
-        snprintf(nm, sizeof nm, "%s.bn2", pre);
+        name_fmt(nm, sizeof nm, "%s.bn2", pre);
         y = bn(b, nm, y);
-        snprintf(nm, sizeof nm, "%s.relu2", pre);
+        name_fmt(nm, sizeof nm, "%s.relu2", pre);
         y = unary(b, FS_NODE_RELU, nm, y);
-        snprintf(nm, sizeof nm, "%s.conv3", pre);
+        name_fmt(nm, sizeof nm, "%s.conv3", pre);
         y = conv(b, nm, y, st->width, 1, 1, 0, &blk->conv[2]);
-        snprintf(nm, sizeof nm, "%s.bn3", pre);
+        name_fmt(nm, sizeof nm, "%s.bn3", pre);
         y = bn(b, nm, y);
     }
     int sc = x;
     if (blk->downsample) {
-        snprintf(nm, sizeof nm, "%s.downsample.0", pre);
+        name_fmt(nm, sizeof nm, "%s.downsample.0", pre);
         sc = conv(b, nm, x, st->width, 1, blk->stride, 0, &blk->ds);
-        snprintf(nm, sizeof nm, "%s.downsample.1", pre);
+        name_fmt(nm, sizeof nm, "%s.downsample.1", pre);
         sc = bn(b, nm, sc);
     }
-    snprintf(nm, sizeof nm, "%s.add", pre);
+    name_fmt(nm, sizeof nm, "%s.add", pre);
     y = add(b, nm, y, sc);
-    snprintf(nm, sizeof nm, "%s.relu", pre);
+    name_fmt(nm, sizeof nm, "%s.relu", pre);
     y = unary(b, FS_NODE_RELU, nm, y);
     info->last_node = m->n_nodes - 1;
     b->cur_block = -1;
@@ -377,13 +390,13 @@ static int build_mlp(builder *b)
     char nm[32];
     m->feat_node = -1;
     for (int i = 0; i < a->n_hidden; i++) {
-        snprintf(nm, sizeof nm, "fc%d", i + 1);
+        name_fmt(nm, sizeof nm, "fc%d", i + 1);
         y = linear(b, nm, y, a->hidden[i], &a->mlp_opts[i]);
-        snprintf(nm, sizeof nm, "relu%d", i + 1);
+        name_fmt(nm, sizeof nm, "relu%d", i + 1);
         y = unary(b, FS_NODE_RELU, nm, y);
         m->feat_node = y;
     }
-    snprintf(nm, sizeof nm, "fc%d", a->n_hidden + 1);
+    name_fmt(nm, sizeof nm, "fc%d", a->n_hidden + 1);
     y = linear(b, nm, y, a->num_classes, &a->mlp_opts[a->n_hidden]);
     m->logits_node = y;
     return b->err;

@@ -1,0 +1,198 @@
+/*
+ * recover.c — the engine's generic pieces: latency measurement, recovery by SGD on summed
+ * gradients from an fs_source, objective evaluation, and exact BN re-estimation from summed
+ * moments.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs_compress.h"
+#include "fs_rng.h"
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int fs_latency(double *sec, fs_model *m, int batch, int reps, fs_diag *d)
+{
+    if (batch <= 0 || reps <= 0 || reps > 1000)
+        return fs_diag_set(d, FS_EINVAL, "latency: batch and reps must be positive");
+    fs_run *r = NULL;
+    int rc = fs_run_create(&r, m, batch, d);
+    if (rc)
+        return rc;
+    size_t n = (size_t)batch * fs_node_numel(m, -1);
+    float *x = fs_alloc(n * sizeof(float));
+    double *t = calloc((size_t)reps, sizeof(double));
+    if (!x || !t) {
+        rc = fs_diag_set(d, FS_ENOMEM, "out of memory");
+        goto done;
+    }
+    fs_rng rng;
+    fs_rng_seed(&rng, 7);
+    for (size_t i = 0; i < n; i++)
+        x[i] = fs_rng_normal(&rng);
+    fs_run_forward(r, m, x, batch, FS_MODE_EVAL);   /* warm-up */
+    for (int i = 0; i < reps; i++) {
+        double t0 = fs_now_sec();
+        fs_run_forward(r, m, x, batch, FS_MODE_EVAL);
+        t[i] = fs_now_sec() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    *sec = t[reps / 2];
+done:
+    fs_free(x);
+    free(t);
+    fs_run_free(r);
+    return rc;
+}
+
+void fs_recover_defaults(fs_recover_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->objective = FS_OBJ_MIMIC;
+    c->temperature = 4.0f;
+    c->mode = FS_MODE_EVAL;
+    c->iterations = 2000;
+    c->batch = 64;
+    c->lr = 0.02f;
+    c->momentum = 0.9f;
+    c->weight_decay = 1e-4f;
+    c->milestones[0] = 0.4f;
+    c->milestones[1] = 0.8f;
+    c->seed = 1;
+    c->pad = 2;
+    c->hflip = 1;
+}
+
+/* Scales every trainable gradient by 1/count: the sums become means. */
+static void grads_to_mean(fs_model *m, int64_t count)
+{
+    float s = count > 0 ? 1.0f / (float)count : 0.0f;
+    for (int i = 0; i < m->n_params; i++) {
+        fs_param *p = &m->params[i];
+        if (!p->grad || !p->trainable)
+            continue;
+        for (size_t k = 0; k < p->numel; k++)
+            p->grad[k] *= s;
+    }
+}
+
+int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, const char *phase,
+               fs_progress_fn progress, void *ud, double *final_loss, fs_diag *d)
+{
+    if (c->iterations < 0)
+        return fs_diag_set(d, FS_EINVAL, "iterations must be >= 0");
+    fs_optimizer *opt = NULL;
+    fs_optim_config oc = {.kind = FS_OPT_SGD, .lr = c->lr, .momentum = c->momentum,
+                          .weight_decay = c->weight_decay};
+    int rc = fs_optimizer_create(&opt, student, &oc, d);
+    if (rc)
+        return rc;
+    if ((rc = fs_source_set_student(src, student, d)) != 0)
+        goto done;
+    double t0 = fs_now_sec(), loss = 0;
+    for (long it = 0; it < c->iterations; it++) {
+        fs_loss_req req = {.objective = c->objective, .temperature = c->temperature,
+                           .mode = c->mode, .want_grad = 1,
+                           .sample = {.batch = c->batch, .seed = c->seed, .step = it,
+                                      .pad = c->pad, .hflip = c->hflip}};
+        fs_loss_sum ls;
+        fs_model_zero_grad(student);
+        if ((rc = fs_source_loss(src, student, &req, &ls, d)) != 0)
+            goto done;
+        if (ls.count <= 0) {
+            rc = fs_diag_set(d, FS_EINVAL, "%s: step %ld had no samples", phase, it);
+            goto done;
+        }
+        grads_to_mean(student, ls.count);
+        loss = ls.loss_sum / (double)ls.count;
+        if (!isfinite(loss)) {
+            rc = fs_diag_set(d, FS_EINVAL, "%s: loss diverged (%g) at step %ld; lower the "
+                             "learning rate", phase, loss, it);
+            goto done;
+        }
+        float lr = fs_lr_step(c->lr, it, c->iterations, c->milestones, 2, 0.1f);
+        fs_optimizer_step(opt, student, lr);
+        if (progress && (it % 10 == 9 || it == c->iterations - 1 || it == 0)) {
+            double el = fs_now_sec() - t0;
+            progress(ud, phase, it + 1, c->iterations, loss,
+                     el / (double)(it + 1) * (double)(c->iterations - it - 1));
+        }
+    }
+    if (final_loss)
+        *final_loss = loss;
+done:
+    fs_optimizer_free(opt);
+    return rc;
+}
+
+int fs_objective_mean(fs_source *src, fs_model *student, fs_objective obj, float temperature,
+                      double *mean, fs_diag *d)
+{
+    fs_loss_req req = {.objective = obj, .temperature = temperature, .mode = FS_MODE_EVAL,
+                       .want_grad = 0, .sample = {.batch = 0}};
+    fs_loss_sum ls;
+    int rc = fs_source_loss(src, student, &req, &ls, d);
+    if (rc)
+        return rc;
+    *mean = ls.count ? ls.loss_sum / (double)ls.count : 0.0;
+    return 0;
+}
+
+int fs_bn_reestimate(fs_source *src, fs_model *student, int rounds, fs_diag *d)
+{
+    int n = 0;
+    size_t channels = 0;
+    for (int i = 0; i < student->n_nodes; i++)
+        if (student->nodes[i].op == FS_NODE_BN) {
+            n++;
+            channels += (size_t)student->nodes[i].C;
+        }
+    if (n == 0)
+        return 0;
+    int *nodes = malloc((size_t)n * sizeof(int));
+    int64_t *count = malloc((size_t)n * sizeof(int64_t));
+    double *sum = malloc(channels * sizeof(double)), *sumsq = malloc(channels * sizeof(double));
+    int rc = 0;
+    if (!nodes || !count || !sum || !sumsq) {
+        rc = fs_diag_set(d, FS_ENOMEM, "out of memory");
+        goto done;
+    }
+    n = 0;
+    for (int i = 0; i < student->n_nodes; i++)
+        if (student->nodes[i].op == FS_NODE_BN)
+            nodes[n++] = i;
+    if ((rc = fs_source_set_student(src, student, d)) != 0)
+        goto done;
+    for (int r = 0; r < rounds; r++) {
+        if ((rc = fs_source_moments(src, student, nodes, n, sum, sumsq, count, d)) != 0)
+            goto done;
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            const fs_node *nd = &student->nodes[nodes[i]];
+            float *rm = student->params[nd->p[2]].data, *rv = student->params[nd->p[3]].data;
+            double cnt = (double)count[i];
+            for (int c = 0; c < nd->C; c++) {
+                if (cnt < 2)
+                    continue;
+                double mu = sum[off + c] / cnt;
+                double var = sumsq[off + c] / cnt - mu * mu;
+                if (var < 0)
+                    var = 0;
+                rm[c] = (float)mu;
+                rv[c] = (float)(var * cnt / (cnt - 1));   /* unbiased, as PyTorch stores it */
+            }
+            off += (size_t)nd->C;
+        }
+    }
+done:
+    free(nodes);
+    free(count);
+    free(sum);
+    free(sumsq);
+    return rc;
+}

@@ -106,8 +106,10 @@ static int decode_png(fs_image *out, const uint8_t *buf, size_t len, size_t max_
         png_set_expand_gray_1_2_4_to_8(png);
     if (bit_depth == 16)
         png_set_strip_16(png);          /* high byte, as PIL does for 16-bit RGB */
-    if (color & PNG_COLOR_MASK_ALPHA)
-        png_set_strip_alpha(png);       /* convert("RGB"/"L") drops alpha, no compositing */
+    /* convert("RGB"/"L") drops alpha, no compositing; a tRNS chunk becomes alpha when the
+     * palette is expanded, so it is stripped too */
+    if ((color & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS))
+        png_set_strip_alpha(png);
     (void)png_set_interlace_handling(png);
     png_read_update_info(png, info);
 

@@ -124,6 +124,8 @@ static uint64_t fnv1a(const uint8_t *p, size_t n)
     return h;
 }
 
+static int g_trns; /* 1: palette PNGs get a tRNS chunk (transparent palette entries) */
+
 /* PNG writer: color PNG_COLOR_TYPE_*, depth 8 or 16; px holds rows of w*channels samples
  * (16-bit samples big-endian as PNG stores them). */
 static void write_png(const char *path, int w, int h, int color, int depth, const uint8_t *px,
@@ -141,6 +143,10 @@ static void write_png(const char *path, int w, int h, int color, int depth, cons
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     if (palette)
         png_set_PLTE(png, info, palette, npal);
+    if (palette && g_trns) {
+        png_byte alpha[2] = {0, 128};
+        png_set_tRNS(png, info, alpha, 2, NULL);
+    }
     png_write_info(png, info);
     int ch = color == PNG_COLOR_TYPE_RGB ? 3 : color == PNG_COLOR_TYPE_RGBA ? 4
              : color == PNG_COLOR_TYPE_GRAY_ALPHA ? 2 : 1;
@@ -515,6 +521,17 @@ static void png_variants_decode(void **state)
     assert_int_equal(im.px[3], 200);
     assert_int_equal(im.px[4], 100);
     assert_int_equal(im.px[5], 50);
+    /* palette with transparency: still RGB, transparency ignored as convert("RGB") does */
+    g_trns = 1;
+    write_png(tpath("png/paltrns.png"), 2, 2, PNG_COLOR_TYPE_PALETTE, 8, pidx, pal, 2);
+    g_trns = 0;
+    uint8_t *buf2 = slurp(tpath("png/paltrns.png"), &len);
+    fs_image im2 = {0};
+    assert_int_equal(fs_image_decode(&im2, buf2, len, 1 << 20, "paltrns.png", &d), 0);
+    assert_int_equal(im2.c, 3);
+    assert_memory_equal(im2.px, im.px, 12);
+    fs_image_release(&im2);
+    free(buf2);
     /* RGB -> L with PIL's luma: (200*19595 + 100*38470 + 50*7471 + 32768) >> 16 = 124 */
     assert_int_equal(fs_image_convert(&im, 1), 0);
     assert_int_equal(im.c, 1);

@@ -11,7 +11,7 @@
 
 #define A(field) offsetof(fs_agent_config, field)
 
-const char *const fs_agent_dataset_kinds[] = {"idx", "imagefolder", "unlabeled", NULL};
+const char *const fs_agent_dataset_kinds[] = {"idx", "folder", "unlabeled", NULL};
 
 static const fs_cfg_key agent_keys[] = {
     {.section = "agent", .key = "name", .type = FS_CFG_NAME, .flags = FS_CFG_REQUIRED,
@@ -40,8 +40,8 @@ static const fs_cfg_key agent_keys[] = {
      .doc = "error, warning, notice, info or debug"},
     {.section = "data", .key = "*", .type = FS_CFG_ENTRIES, .offset = A(data), .min = 1,
      .max = FS_CFG_MAX_ENTRIES, .choices = fs_agent_dataset_kinds,
-     .doc = "NAME = KIND:PATH, KIND idx (PATH = file prefix), imagefolder or unlabeled "
-            "(PATH = directory); the only paths the agent opens"},
+     .doc = "NAME = KIND:PATH, KIND idx (PATH = DIR/PREFIX of an IDX pair), folder (ImageFolder "
+            "tree) or unlabeled (image directory); the only paths the agent opens"},
     FS_LIMITS_KEYS(fs_agent_config),
 };
 

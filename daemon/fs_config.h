@@ -172,7 +172,7 @@ typedef struct fs_coord_config {
 } fs_coord_config;
 
 /* Dataset kinds of the agent's [data] entries (index into fs_agent_dataset_kinds). */
-enum { FS_DATASET_IDX = 0, FS_DATASET_IMAGEFOLDER = 1, FS_DATASET_UNLABELED = 2 };
+enum { FS_DATASET_IDX = 0, FS_DATASET_FOLDER = 1, FS_DATASET_UNLABELED = 2 };
 extern const char *const fs_agent_dataset_kinds[];
 
 typedef struct fs_agent_config {

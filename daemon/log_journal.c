@@ -46,14 +46,17 @@ static bool reserved(const char *name)
     return false;
 }
 
-/* Appends formatted text to the arena; returns false (and appends what fits) when it is full. */
-static bool append(fs_journal_record *r, size_t *len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static bool append(fs_journal_record *r, size_t *len, const char *fmt, ...)
+/* Appends formatted text to the arena without letting r->used pass `stop` (<= the arena size);
+ * returns false (after appending what fits) when it is full. */
+static bool append(fs_journal_record *r, size_t stop, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static bool append(fs_journal_record *r, size_t stop, size_t *len, const char *fmt, ...)
 {
-    size_t room = sizeof r->buf - r->used;
-    if (room <= 1)
+    if (stop > sizeof r->buf)
+        stop = sizeof r->buf;
+    if (r->used + 1 >= stop)
         return false;
+    size_t room = stop - r->used;
     va_list ap;
     va_start(ap, fmt);
     int k = vsnprintf(r->buf + r->used, room, fmt, ap);
@@ -87,35 +90,35 @@ void fs_journal_record_build(fs_journal_record *r, const char *ident, int level,
     r->n = 0;
     r->used = 0;
     memset(r->buf, 0, sizeof r->buf);
-    /* MESSAGE: the text plus the pairs, as the stderr sink writes them, capped at half the arena
-     * so the fields always have room */
+    /* MESSAGE: the text plus the pairs, as the stderr sink writes them, within half the arena
+     * so the other fields always have room */
+    const size_t half = sizeof r->buf / 2;
+    const size_t all = sizeof r->buf;
     begin(r, &len);
-    size_t cap_before = r->used;
-    append(r, &len, "MESSAGE=%s", msg ? msg : "");
+    append(r, half, &len, "MESSAGE=%s", msg ? msg : "");
     for (const char *const *p = kv; p && p[0] && p[1]; p += 2) {
-        if (r->used - cap_before > sizeof r->buf / 2)
-            break;
         bool quote = strpbrk(p[1], " \"=") != NULL || p[1][0] == '\0';
-        append(r, &len, quote ? " %s=\"%s\"" : " %s=%s", p[0], p[1]);
+        if (!append(r, half, &len, quote ? " %s=\"%s\"" : " %s=%s", p[0], p[1]))
+            break;
     }
     end(r, len);
     begin(r, &len);
-    append(r, &len, "PRIORITY=%d", level < 0 ? 0 : level > 7 ? 7 : level);
+    append(r, all, &len, "PRIORITY=%d", level < 0 ? 0 : level > 7 ? 7 : level);
     end(r, len);
     begin(r, &len);
-    append(r, &len, "SYSLOG_IDENTIFIER=%s", ident && ident[0] ? ident : "fedslim");
+    append(r, all, &len, "SYSLOG_IDENTIFIER=%s", ident && ident[0] ? ident : "fedslim");
     end(r, len);
     if (file) {
         begin(r, &len);
-        append(r, &len, "CODE_FILE=%s", file);
+        append(r, all, &len, "CODE_FILE=%s", file);
         end(r, len);
         begin(r, &len);
-        append(r, &len, "CODE_LINE=%d", line);
+        append(r, all, &len, "CODE_LINE=%d", line);
         end(r, len);
     }
     if (func) {
         begin(r, &len);
-        append(r, &len, "CODE_FUNC=%s", func);
+        append(r, all, &len, "CODE_FUNC=%s", func);
         end(r, len);
     }
     for (const char *const *p = kv; p && p[0] && p[1]; p += 2) {
@@ -124,7 +127,7 @@ void fs_journal_record_build(fs_journal_record *r, const char *ident, int level,
         if (!fs_journal_field_name_valid(p[0]) || reserved(p[0]))
             continue;   /* already in MESSAGE; journald would drop or double it */
         begin(r, &len);
-        append(r, &len, "%s=%s", p[0], p[1]);
+        append(r, all, &len, "%s=%s", p[0], p[1]);
         end(r, len);
     }
 }

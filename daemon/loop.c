@@ -18,6 +18,7 @@ long fs_loop_timeout_ms(uint64_t now_usec, const uint64_t *deadlines_usec, size_
         return -1;
     if (earliest <= now_usec)
         return 0;
-    uint64_t ms = (earliest - now_usec + 999) / 1000;
+    uint64_t diff = earliest - now_usec;
+    uint64_t ms = diff / 1000 + (diff % 1000 != 0);
     return ms > INT32_MAX ? (long)INT32_MAX : (long)ms;
 }

@@ -172,6 +172,17 @@ static int parse_layer_name(const char *name, long *s, long *b)
     return *end == '.';
 }
 
+static int has_prefix(const fs_safetensors *st, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    for (size_t i = 0; i < fs_safetensors_count(st); i++) {
+        if (strncmp(fs_safetensors_tensor(st, i)->name, prefix, n) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int infer_resnet(fs_arch *a, const fs_safetensors *st, int in_c, fs_diag *d)
 {
     const char *file = fs_safetensors_name(st);
@@ -272,8 +283,10 @@ static int infer_resnet(fs_arch *a, const fs_safetensors *st, int in_c, fs_diag 
             }
             /* a different width in a later block shows up in the shape check below */
             bl->stride = (s > 0 && b == 0) ? 2 : 1;
-            snprintf(name, sizeof name, "layer%d.%d.downsample.0.weight", s + 1, b);
-            bl->downsample = fs_safetensors_find(st, name) != NULL;
+            /* any downsample.* tensor means a downsample; a missing one is then reported by
+             * name in the shape check */
+            snprintf(name, sizeof name, "layer%d.%d.downsample.", s + 1, b);
+            bl->downsample = has_prefix(st, name);
             cin = sa->width;
         }
     }
@@ -377,8 +390,12 @@ int fs_arch_infer(fs_arch *a, const fs_safetensors *st, int in_c, int in_h, int 
         t->std[c] = std[n_mean == 1 ? 0 : c];
     }
     if ((rc = fs_arch_validate(t, d)) != 0) {
+        /* the widths came from the file: an inconsistent architecture is a bad file */
         fs_diag_prefix(d, "%s: the inferred architecture is invalid", file);
-        rc = d ? d->code : rc;
+        rc = FS_EFORMAT;
+        if (d) {
+            d->code = rc;
+        }
         goto out;
     }
 

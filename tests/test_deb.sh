@@ -29,7 +29,8 @@ fail() {
 }
 note() { echo "test_deb: $*"; }
 
-for tool in cpack dpkg-deb dpkg-shlibdeps readelf lintian; do
+PATH=$PATH:/usr/sbin:/sbin     # ldconfig, for users whose PATH lacks sbin
+for tool in cpack dpkg-deb dpkg-shlibdeps readelf lintian ldconfig; do
     command -v $tool >/dev/null 2>&1 || fail "$tool not found (scripts/install-deps.sh installs it)"
 done
 command -v scdoc >/dev/null 2>&1 || fail "scdoc not found: the package needs the man pages"
@@ -95,7 +96,9 @@ for page in man1/fedslim.1 man1/fedslimctl.1 man5/fedslim.conf.5 man8/fedslim-co
 done
 need /usr/share/doc/fedslim/copyright
 need /usr/share/doc/fedslim/changelog.gz
-[ ! -f "$src/docs/operations.md" ] || need /usr/share/doc/fedslim/operations.md
+for d in operations.md configuration.md; do
+    [ ! -f "$src/docs/$d" ] || need "/usr/share/doc/fedslim/$d"
+done
 for f in coordinator.conf agent.conf; do
     if [ -f "$src/conf/$f" ]; then
         need "/etc/fedslim/$f"

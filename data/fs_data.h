@@ -23,6 +23,7 @@
 
 /* Limits applied to every reader (STYLE C10): checked before anything is allocated. */
 #define FS_DATA_MAX_SIDE 16384                 /* pixels per image side */
+#define FS_DATA_MAX_IMAGE_PIXELS 89478485      /* w*h of one decoded image: PIL's MAX_IMAGE_PIXELS */
 #define FS_DATA_MAX_IMAGES (1 << 28)           /* images per dataset */
 #define FS_DATA_MAX_CLASSES 100000             /* class subfolders / declared classes */
 #define FS_DATA_DEFAULT_MAX_BYTES ((size_t)4 << 30) /* decoded pixels per dataset, default */
@@ -120,6 +121,15 @@ FS_MUST_CHECK int fs_dataset_subset(fs_dataset **out, const fs_dataset *ds, cons
  */
 FS_MUST_CHECK int fs_dataset_class_counts(const fs_dataset *ds, const int32_t *idx, int n,
                                           int64_t *counts, fs_diag *d);
+
+/*
+ * Per-channel sums over the samples idx[0..n) (idx NULL: the whole dataset, n ignored) of x and x*x
+ * with x = pixel / 255, and the number of pixels summed per channel, into sum[c], sumsq[c], *count:
+ * mean = sum / count, var = sumsq / count - mean^2. Sums (not per-sample values) are what a site may
+ * report, so a federation can compute global Normalize() constants. FS_EINVAL on a bad index.
+ */
+FS_MUST_CHECK int fs_dataset_channel_sums(const fs_dataset *ds, const int32_t *idx, int n,
+                                          double *sum, double *sumsq, int64_t *count, fs_diag *d);
 
 /*
  * Balanced few-shot sample: within each class, a seeded shuffle of that class's images (in dataset

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -246,6 +247,13 @@ static void check_t10k(const fs_dataset *ds)
     for (int k = 0; k < 10; k++)
         assert_int_equal(counts[k], 1000);
     assert_string_equal(ds->class_names[3], "3");
+    double s1, s2;
+    int64_t cnt;
+    assert_int_equal(fs_dataset_channel_sums(ds, NULL, 0, &s1, &s2, &cnt, &d), 0);
+    assert_int_equal(cnt, 7840000);
+    assert_true(fabs(s1 - 573469082.0 / 255.0) < 1e-3);
+    double mean = s1 / cnt, sd = sqrt(s2 / cnt - mean * mean);
+    assert_true(fabs(mean - 0.2868) < 1e-4 && fabs(sd - 0.3524) < 1e-3); /* the usual constants */
     assert_null(ds->files);
 }
 

@@ -50,6 +50,7 @@ static int teardown_tmp(void **state)
     return nftw(g_tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+static char *tpath(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static char *tpath(const char *fmt, ...)
 {
     static char buf[8][1024];

@@ -19,8 +19,12 @@ static const fs_cfg_key agent_keys[] = {
     {.section = "agent", .key = "coordinator", .type = FS_CFG_ENDPOINT, .flags = FS_CFG_REQUIRED,
      .offset = A(coordinator), .doc = "the coordinator's endpoint (tcp://HOST:PORT)"},
     {.section = "agent", .key = "coordinator_public_key", .type = FS_CFG_Z85KEY,
-     .flags = FS_CFG_REQUIRED, .offset = A(coordinator_public_key),
-     .doc = "the coordinator's CURVE public key (Z85, 40 characters): the agent talks to no other"},
+     .offset = A(coordinator_public_key),
+     .doc = "the coordinator's CURVE public key (Z85, 40 characters): the agent talks to no other; "
+            "this or coordinator_public_key_file is required"},
+    {.section = "agent", .key = "coordinator_public_key_file", .type = FS_CFG_PATH,
+     .offset = A(coordinator_public_key_file),
+     .doc = "instead of coordinator_public_key: the coordinator's .pub file from fedslim keygen"},
     {.section = "agent", .key = "secret_key", .type = FS_CFG_PATH,
      .def = "${CREDENTIALS_DIRECTORY}/agent.key", .flags = FS_CFG_REQUIRED | FS_CFG_RESTART,
      .offset = A(secret_key),
@@ -48,6 +52,12 @@ static const fs_cfg_key agent_keys[] = {
 static int agent_validate(const void *obj, fs_diag *d)
 {
     const fs_agent_config *a = obj;
+    if (!a->coordinator_public_key && !a->coordinator_public_key_file)
+        return fs_diag_set(d, FS_EFORMAT, "[agent] coordinator_public_key: missing required key "
+                           "(or coordinator_public_key_file = the coordinator's .pub file)");
+    if (a->coordinator_public_key && a->coordinator_public_key_file)
+        return fs_diag_set(d, FS_EFORMAT, "[agent] coordinator_public_key_file: give either "
+                           "coordinator_public_key or coordinator_public_key_file, not both");
     return fs_limits_validate(&a->limits, d);
 }
 

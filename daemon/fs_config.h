@@ -179,7 +179,8 @@ typedef struct fs_agent_config {
     /* [agent] */
     char *name;                   /* required */
     char *coordinator;            /* endpoint, required */
-    char *coordinator_public_key; /* Z85, required (pinned) */
+    char *coordinator_public_key; /* Z85: the pinned server key ... */
+    char *coordinator_public_key_file; /* ... or the path of its .pub file: exactly one is set */
     char *secret_key;             /* path; default $CREDENTIALS_DIRECTORY/agent.key */
     char *public_key;             /* Z85 or NULL */
     char *state_dir;

@@ -86,6 +86,9 @@ bool fs_watchdog_init(fs_watchdog *w, uint64_t now_usec);
 bool fs_watchdog_due(const fs_watchdog *w, uint64_t now_usec);
 /* Sends WATCHDOG=1 and schedules the next ping at now + interval. Returns as fs_notify_*. */
 int fs_watchdog_ping(fs_watchdog *w, uint64_t now_usec);
+/* For long work ON the loop thread (between chunks of an aggregation): pings if due. Returns 1
+ * if a ping was sent, 0 if none was due (or no watchdog), FS_ESYS as fs_notify_*. */
+int fs_watchdog_maybe(fs_watchdog *w);
 /* The loop knows it is wedged: WATCHDOG=trigger (systemd then acts as on a missed ping). */
 int fs_watchdog_trigger(void);
 /* Time of the next ping (µs, fs_now_usec clock), 0 if the watchdog is off. */

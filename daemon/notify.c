@@ -129,6 +129,14 @@ int fs_watchdog_ping(fs_watchdog *w, uint64_t now_usec)
     return send_state("WATCHDOG=1");
 }
 
+int fs_watchdog_maybe(fs_watchdog *w)
+{
+    uint64_t now = fs_now_usec();
+    if (!fs_watchdog_due(w, now))
+        return 0;
+    return fs_watchdog_ping(w, now);
+}
+
 int fs_watchdog_trigger(void)
 {
     return send_state("WATCHDOG=trigger");

@@ -27,8 +27,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&d, 0, sizeof d);
     fs_agent_config a;
     if (fs_cfg_load_string(&fs_agent_config_schema, "fuzz", (const char *)data, size, &a, &d) == 0) {
-        if (!a.name || !a.coordinator || !a.coordinator_public_key || a.data.n < 1 ||
-            strlen(a.coordinator_public_key) != 40)
+        if (!a.name || !a.coordinator || a.data.n < 1 ||
+            !a.coordinator_public_key == !a.coordinator_public_key_file ||
+            (a.coordinator_public_key && strlen(a.coordinator_public_key) != 40))
             abort();
         for (size_t i = 0; i < a.data.n; i++) {
             if (a.data.v[i].path[0] != '/' || a.data.v[i].kind < 0 || a.data.v[i].kind > 2)

@@ -277,6 +277,14 @@ static void notify_messages(void **state)
     assert_int_equal(fs_notify_failed(EACCES, "secret key readable by others"), 1);
     recv_text(s, buf, sizeof buf);
     assert_string_equal(buf, "STATUS=failed: secret key readable by others\nERRNO=13");
+    fs_watchdog w;
+    setenv("WATCHDOG_USEC", "60000000", 1);
+    assert_true(fs_watchdog_init(&w, fs_now_usec()));
+    assert_int_equal(fs_watchdog_maybe(&w), 1);                /* first one is due at once */
+    recv_text(s, buf, sizeof buf);
+    assert_string_equal(buf, "WATCHDOG=1");
+    assert_int_equal(fs_watchdog_maybe(&w), 0);                /* next in 30 s */
+    unsetenv("WATCHDOG_USEC");
     assert_int_equal(fs_watchdog_trigger(), 1);
     recv_text(s, buf, sizeof buf);
     assert_string_equal(buf, "WATCHDOG=trigger");

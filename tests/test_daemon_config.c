@@ -273,7 +273,11 @@ static void bad_agent_files(void **state)
          "\nsecret_key = /k\n",
          "a.conf: [data]: at least 1 entry is required (NAME = KIND:PATH)"},
         {"!" "[agent]\nname = a\ncoordinator = tcp://h:1\nsecret_key = /k\n[data]\nx = idx:/x\n",
-         "a.conf: [agent] coordinator_public_key: missing required key"},
+         "a.conf: [agent] coordinator_public_key: missing required key (or "
+         "coordinator_public_key_file = the coordinator's .pub file)"},
+        {"[agent]\ncoordinator_public_key_file = /etc/fedslim/keys/coordinator.pub\n",
+         "a.conf: [agent] coordinator_public_key_file: give either coordinator_public_key or "
+         "coordinator_public_key_file, not both"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char text[2048];
@@ -288,6 +292,20 @@ static void bad_agent_files(void **state)
             fail_msg("case %zu: rc %d, message\n  got:  %s\n  want: %s", i, rc, d.msg,
                      cases[i].want);
     }
+}
+
+static void agent_public_key_from_file(void **state)
+{
+    (void)state;
+    const char *text = "[agent]\nname = a\ncoordinator = tcp://h:1\nsecret_key = /k\n"
+                       "coordinator_public_key_file = /etc/fedslim/keys/coordinator.pub\n"
+                       "[data]\nx = idx:/x\n";
+    fs_agent_config a;
+    fs_diag d = {0};
+    assert_int_equal(load_agent(text, &a, &d), 0);
+    assert_null(a.coordinator_public_key);
+    assert_string_equal(a.coordinator_public_key_file, "/etc/fedslim/keys/coordinator.pub");
+    fs_agent_config_free(&a);
 }
 
 static void too_many_entries(void **state)
@@ -619,7 +637,10 @@ static void example_files_load_and_document_every_key(void **state)
             char a2[80];
             snprintf(a1, sizeof a1, "\n%s = ", key->key);
             snprintf(a2, sizeof a2, "\n#%s =", key->key);
-            if (!strstr(texts[i], a1) && !strstr(texts[i], a2))
+            /* ";key = ..." shows an alternative to a set key (not uncommented above) */
+            char a3[80];
+            snprintf(a3, sizeof a3, "\n;%s =", key->key);
+            if (!strstr(texts[i], a1) && !strstr(texts[i], a2) && !strstr(texts[i], a3))
                 fail_msg("%s example does not show [%s] %s", schemas[i]->name, key->section,
                          key->key);
             snprintf(needle, sizeof needle, "`%s`", key->key);
@@ -656,6 +677,7 @@ int main(void)
         cmocka_unit_test(credentials_directory_default),
         cmocka_unit_test(bad_coordinator_files_name_line_and_key),
         cmocka_unit_test(bad_agent_files),
+        cmocka_unit_test(agent_public_key_from_file),
         cmocka_unit_test(too_many_entries),
         cmocka_unit_test(raw_text_edge_cases),
         cmocka_unit_test(hash_and_semicolon_stay_in_values),

@@ -1,0 +1,1 @@
+fs_test(test_model LIBS fs_model LABELS unit model)

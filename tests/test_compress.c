@@ -1,0 +1,384 @@
+/* test_compress.c — the engine's data interface and block dropping, on real Fashion-MNIST images:
+ * the local source's sums equal a direct per-sample computation (losses, gradients, moments,
+ * histograms, evaluation counts); BN re-estimation gives the data's statistics; dropping blocks
+ * renumbers and copies the teacher's weights; recovery lowers the objective; bad plans are refused
+ * with errors that name the problem. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs_compress.h"
+#include "fs_local.h"
+
+#define FMNIST "idx:/usr/share/datasets/fashion-mnist/t10k"
+
+typedef struct {
+    fs_dataset *ds;
+    fs_model *teacher;
+} fixture;
+
+static void perturb_bn(fs_model *m, uint64_t seed)
+{
+    fs_rng rng;
+    fs_rng_seed(&rng, seed);
+    for (int i = 0; i < m->n_params; i++) {
+        fs_param *p = &m->params[i];
+        for (size_t k = 0; k < p->numel; k++) {
+            if (p->kind == FS_PARAM_BN_WEIGHT)
+                p->data[k] = 0.7f + 0.6f * fs_rng_uniform(&rng);
+            else if (p->kind == FS_PARAM_BN_BIAS || p->kind == FS_PARAM_BN_MEAN)
+                p->data[k] = 0.2f * fs_rng_normal(&rng);
+            else if (p->kind == FS_PARAM_BN_VAR)
+                p->data[k] = 0.5f + fs_rng_uniform(&rng);
+        }
+    }
+}
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    fs_diag d = {0};
+    fs_data_opts o = {.max_images = 48};
+    if (fs_dataset_open(&f->ds, FMNIST, &o, &d) != 0) {
+        fprintf(stderr, "%s\n", d.msg);
+        return -1;
+    }
+    fs_arch a;
+    int depths[2] = {3, 2}, widths[2] = {4, 8};
+    if (fs_arch_resnet(&a, FS_BLOCK_BASIC, FS_STEM_CIFAR, 2, depths, widths, 1, 28, 28, 10, &d) ||
+        fs_model_build(&f->teacher, &a, NULL, 0, &d))
+        return -1;
+    f->teacher->arch.mean[0] = 0.286f;
+    f->teacher->arch.std[0] = 0.353f;
+    fs_model_init(f->teacher, 1);
+    perturb_bn(f->teacher, 2);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    fs_model_free(f->teacher);
+    fs_dataset_free(f->ds);
+    free(f);
+    return 0;
+}
+
+/* A student: the teacher without layer1.1, BN perturbed so it differs. */
+static fs_model *make_student(const fixture *f)
+{
+    fs_diag d = {0};
+    fs_arch sa;
+    const char *drop[1] = {"layer1.1"};
+    assert_int_equal(fs_arch_drop_blocks(&sa, &f->teacher->arch, drop, 1, &d), 0);
+    fs_model *s = NULL;
+    assert_int_equal(fs_student_from_teacher(&s, &sa, f->teacher, NULL, 0, &d), 0);
+    return s;
+}
+
+/* Per-sample reference: batch-1 forward passes, summed in double. */
+static void direct_sums(const fixture *f, fs_model *s, fs_objective obj, double *loss,
+                        int64_t *correct, int64_t *agree, float *grad_ref, const char *pname)
+{
+    fs_diag d = {0};
+    fs_run *rs = NULL, *rt = NULL;
+    assert_int_equal(fs_run_create(&rs, s, 1, &d), 0);
+    assert_int_equal(fs_run_create(&rt, f->teacher, 1, &d), 0);
+    size_t per = (size_t)f->ds->h * f->ds->w;
+    float *x = malloc(per * sizeof(float));
+    fs_param *p = fs_model_param(s, pname);
+    memset(grad_ref, 0, p->numel * sizeof(float));
+    *loss = 0;
+    *correct = *agree = 0;
+    for (int i = 0; i < f->ds->n; i++) {
+        int32_t lab, idx = i;
+        assert_int_equal(fs_batch_fill(x, &lab, f->ds, &idx, 1, s->arch.mean, s->arch.std, NULL,
+                                       NULL, &d), 0);
+        fs_run_forward(rt, f->teacher, x, 1, FS_MODE_EVAL);
+        fs_run_forward(rs, s, x, 1, FS_MODE_EVAL);
+        fs_model_zero_grad(s);
+        size_t nf = fs_node_numel(s, s->feat_node);
+        int K = s->arch.num_classes;
+        if (obj == FS_OBJ_MIMIC) {
+            float *g = fs_run_dout(rs, s->feat_node);
+            *loss += fs_mse(g, fs_run_out(rs, s->feat_node), fs_run_out(rt, f->teacher->feat_node),
+                            nf, 1.0f / (float)nf) / (double)nf;
+        } else if (obj == FS_OBJ_KD) {
+            float *g = fs_run_dout(rs, s->logits_node);
+            *loss += fs_kl_div_t(g, fs_run_out(rs, s->logits_node),
+                                 fs_run_out(rt, f->teacher->logits_node), 1, K, 4.0f, 1.0f);
+        } else {
+            float *g = fs_run_dout(rs, s->logits_node);
+            int64_t c = 0;
+            *loss += fs_softmax_xent(g, &c, fs_run_out(rs, s->logits_node), &lab, 1, K, 1.0f);
+            *correct += c;
+        }
+        int32_t ps, pt;
+        fs_argmax_rows(&ps, fs_run_out(rs, s->logits_node), 1, K);
+        fs_argmax_rows(&pt, fs_run_out(rt, f->teacher->logits_node), 1, K);
+        *agree += ps == pt;
+        fs_run_backward(rs, s);
+        for (size_t k = 0; k < p->numel; k++)
+            grad_ref[k] += p->grad[k];
+    }
+    free(x);
+    fs_run_free(rs);
+    fs_run_free(rt);
+}
+
+static void local_sums_equal_direct_computation(void **state)
+{
+    fixture *f = *state;
+    fs_model *s = make_student(f);
+    perturb_bn(s, 3);
+    fs_diag d = {0};
+    fs_local *L = NULL;
+    assert_int_equal(fs_local_create(&L, f->teacher, f->ds, 64, 0, &d), 0);
+    const char *pname = "layer1.0.conv2.weight";
+    fs_param *p = fs_model_param(s, pname);
+    float *ref = malloc(p->numel * sizeof(float));
+    fs_objective objs[3] = {FS_OBJ_MIMIC, FS_OBJ_KD, FS_OBJ_CE};
+    for (int o = 0; o < 3; o++) {
+        double loss;
+        int64_t correct, agree;
+        direct_sums(f, s, objs[o], &loss, &correct, &agree, ref, pname);
+        fs_loss_req req = {.objective = objs[o], .temperature = 4.0f, .mode = FS_MODE_EVAL,
+                           .want_grad = 1, .sample = {.batch = 0}};
+        fs_loss_sum ls;
+        fs_model_zero_grad(s);
+        assert_int_equal(fs_local_loss(L, s, &req, f->ds->n, &ls, &d), 0);
+        assert_int_equal(ls.count, f->ds->n);
+        assert_true(loss > 0);
+        assert_true(fabs(ls.loss_sum - loss) <= 1e-4 * fabs(loss));
+        double gmax = 0, emax = 0;
+        for (size_t k = 0; k < p->numel; k++) {
+            gmax = fmax(gmax, fabs(ref[k]));
+            emax = fmax(emax, fabs(ref[k] - p->grad[k]));
+        }
+        assert_true(gmax > 0);
+        assert_true(emax <= 1e-4 * gmax + 1e-6);
+        if (objs[o] == FS_OBJ_CE) {
+            fs_eval_sum ev;
+            assert_int_equal(fs_local_evaluate(L, s, &ev, &d), 0);
+            assert_int_equal(ev.n, f->ds->n);
+            assert_int_equal(ev.correct, correct);
+            assert_int_equal(ev.agree, agree);
+            assert_true(fabs(ev.loss_sum - loss) <= 1e-4 * loss);
+        }
+    }
+    /* the teacher agrees with itself on every sample */
+    fs_eval_sum ev;
+    assert_int_equal(fs_local_evaluate(L, f->teacher, &ev, &d), 0);
+    assert_int_equal(ev.agree, f->ds->n);
+    free(ref);
+    fs_local_free(L);
+    fs_model_free(s);
+}
+
+static void minibatches_are_deterministic_and_proportional(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    fs_local *L = NULL;
+    assert_int_equal(fs_local_create(&L, f->teacher, f->ds, 64, 0, &d), 0);
+    fs_model *s = make_student(f);
+    fs_loss_req req = {.objective = FS_OBJ_MIMIC, .mode = FS_MODE_EVAL, .want_grad = 0,
+                       .sample = {.batch = 16, .seed = 5, .step = 3, .pad = 2, .hflip = 1}};
+    fs_loss_sum a, b, c;
+    assert_int_equal(fs_local_loss(L, s, &req, f->ds->n, &a, &d), 0);
+    assert_int_equal(fs_local_loss(L, s, &req, f->ds->n, &b, &d), 0);
+    assert_int_equal(a.count, 16);
+    assert_true(a.loss_sum == b.loss_sum);
+    req.sample.step = 4;
+    assert_int_equal(fs_local_loss(L, s, &req, f->ds->n, &c, &d), 0);
+    assert_true(c.loss_sum != a.loss_sum);
+    /* a site holding a quarter of the federation's samples draws a quarter of the batch */
+    assert_int_equal(fs_local_loss(L, s, &req, 4 * f->ds->n, &c, &d), 0);
+    assert_int_equal(c.count, 4);
+    fs_local_free(L);
+    fs_model_free(s);
+}
+
+static void moments_histograms_and_bn_reestimation(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    fs_local *L = NULL;
+    assert_int_equal(fs_local_create(&L, f->teacher, f->ds, 32, 0, &d), 0);
+    fs_model *s = make_student(f);
+    int bn1 = fs_model_node(s, "bn1"), conv1 = fs_model_node(s, "conv1");
+    assert_true(bn1 > 0 && conv1 >= 0);
+    /* direct: conv1 outputs over all samples */
+    fs_run *r = NULL;
+    assert_int_equal(fs_run_create(&r, s, f->ds->n, &d), 0);
+    size_t per = (size_t)f->ds->h * f->ds->w;
+    float *x = malloc((size_t)f->ds->n * per * sizeof(float));
+    int32_t *idx = malloc((size_t)f->ds->n * sizeof(int32_t));
+    for (int i = 0; i < f->ds->n; i++)
+        idx[i] = i;
+    assert_int_equal(fs_batch_fill(x, NULL, f->ds, idx, f->ds->n, s->arch.mean, s->arch.std, NULL,
+                                   NULL, &d), 0);
+    fs_run_forward(r, s, x, f->ds->n, FS_MODE_EVAL);
+    const fs_node *cn = &s->nodes[conv1];
+    int C = cn->C, HW = cn->H * cn->W;
+    double *dm = calloc((size_t)C, sizeof(double)), *dv = calloc((size_t)C, sizeof(double));
+    const float *y = fs_run_out(r, conv1);
+    for (int i = 0; i < f->ds->n; i++)
+        for (int c = 0; c < C; c++)
+            for (int k = 0; k < HW; k++) {
+                double v = y[((size_t)i * C + c) * HW + k];
+                dm[c] += v;
+                dv[c] += v * v;
+            }
+    double sum[64], sumsq[64];
+    int64_t count;
+    assert_int_equal(fs_local_moments(L, s, &bn1, 1, sum, sumsq, &count, &d), 0);
+    assert_int_equal(count, (int64_t)f->ds->n * HW);
+    for (int c = 0; c < C; c++) {
+        assert_true(fabs(sum[c] - dm[c]) <= 1e-3 * (fabs(dm[c]) + 1));
+        assert_true(fabs(sumsq[c] - dv[c]) <= 1e-3 * (dv[c] + 1));
+    }
+    /* histogram of conv1's output: every value lands in a bin */
+    float lo = -3, hi = 3;
+    int64_t counts[16];
+    assert_int_equal(fs_local_histogram(L, s, &conv1, 1, &lo, &hi, 16, counts, &d), 0);
+    int64_t tot = 0;
+    for (int i = 0; i < 16; i++)
+        tot += counts[i];
+    assert_int_equal(tot, (int64_t)f->ds->n * C * HW);
+
+    /* BN re-estimation: bn1's running statistics become the data's */
+    fs_source *src = NULL;
+    assert_int_equal(fs_source_local(&src, L, &d), 0);
+    assert_int_equal(fs_bn_reestimate(src, s, 2, &d), 0);
+    const float *rm = fs_model_param(s, "bn1.running_mean")->data;
+    const float *rv = fs_model_param(s, "bn1.running_var")->data;
+    double n = (double)count;
+    for (int c = 0; c < C; c++) {
+        double mu = dm[c] / n, var = (dv[c] / n - mu * mu) * n / (n - 1);
+        assert_true(fabs(rm[c] - mu) <= 1e-4 * (fabs(mu) + 1));
+        assert_true(fabs(rv[c] - var) <= 1e-3 * (var + 1e-3));
+    }
+    fs_source_free(src);
+    free(dm);
+    free(dv);
+    free(x);
+    free(idx);
+    fs_run_free(r);
+    fs_model_free(s);
+}
+
+static void dropping_blocks_renumbers_and_copies(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    fs_arch sa;
+    const char *drop[2] = {"layer1.1", "layer2.1"};
+    assert_int_equal(fs_arch_drop_blocks(&sa, &f->teacher->arch, drop, 2, &d), 0);
+    assert_int_equal(sa.stages[0].n_blocks, 2);
+    assert_int_equal(sa.stages[1].n_blocks, 1);
+    assert_string_equal(sa.stages[0].blocks[1].origin, "layer1.2");
+    fs_model *s = NULL;
+    assert_int_equal(fs_student_from_teacher(&s, &sa, f->teacher, NULL, 0, &d), 0);
+    fs_param *ps = fs_model_param(s, "layer1.1.conv1.weight");
+    fs_param *pt = fs_model_param(f->teacher, "layer1.2.conv1.weight");
+    assert_memory_equal(ps->data, pt->data, pt->numel * sizeof(float));
+    assert_null(fs_model_param(s, "layer1.2.conv1.weight"));
+    assert_true(fs_model_num_params(s) < fs_model_num_params(f->teacher));
+    assert_true(fs_model_flops(s) < fs_model_flops(f->teacher));
+    fs_model_free(s);
+    /* nothing dropped: the student is the teacher */
+    assert_int_equal(fs_arch_drop_blocks(&sa, &f->teacher->arch, NULL, 0, &d), 0);
+    assert_int_equal(fs_student_from_teacher(&s, &sa, f->teacher, NULL, 0, &d), 0);
+    assert_memory_equal(s->param_block, f->teacher->param_block,
+                        f->teacher->param_floats * sizeof(float));
+    fs_model_free(s);
+    /* bad plans */
+    const char *ds[1] = {"layer2.0"};
+    assert_int_equal(fs_arch_drop_blocks(&sa, &f->teacher->arch, ds, 1, &d), FS_EINVAL);
+    assert_non_null(strstr(d.msg, "layer2.0"));
+    const char *unknown[1] = {"layer7.3"};
+    assert_int_equal(fs_arch_drop_blocks(&sa, &f->teacher->arch, unknown, 1, &d), FS_EINVAL);
+    assert_non_null(strstr(d.msg, "layer7.3"));
+}
+
+static void recovery_lowers_the_objective(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    fs_local *L = NULL;
+    assert_int_equal(fs_local_create(&L, f->teacher, f->ds, 64, 0, &d), 0);
+    fs_source *src = NULL;
+    assert_int_equal(fs_source_local(&src, L, &d), 0);
+    fs_model *s = make_student(f);
+    double before, after;
+    assert_int_equal(fs_source_set_student(src, s, &d), 0);
+    assert_int_equal(fs_objective_mean(src, s, FS_OBJ_MIMIC, 0, &before, &d), 0);
+    fs_recover_config c;
+    fs_recover_defaults(&c);
+    c.iterations = 30;
+    c.batch = 0;
+    c.pad = c.hflip = 0;
+    c.lr = 0.05f;
+    int rc = fs_recover(src, s, &c, "test", NULL, NULL, NULL, &d);
+    if (rc)
+        print_message("%s\n", d.msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(fs_objective_mean(src, s, FS_OBJ_MIMIC, 0, &after, &d), 0);
+    assert_true(before > 0);
+    assert_true(after < 0.7 * before);
+    fs_source_free(src);
+    fs_model_free(s);
+}
+
+static void practise_scores_and_choice(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    fs_local *L = NULL;
+    assert_int_equal(fs_local_create(&L, f->teacher, f->ds, 64, 0, &d), 0);
+    fs_source *src = NULL;
+    assert_int_equal(fs_source_local(&src, L, &d), 0);
+    fs_practise_config pc;
+    fs_practise_defaults(&pc);
+    pc.iterations = 10;
+    pc.batch = 0;
+    pc.latency_batch = 8;
+    pc.latency_reps = 3;
+    fs_block_score sc[16];
+    int n = 0;
+    assert_int_equal(fs_practise_score(src, f->teacher, &pc, sc, &n, NULL, NULL, &d), 0);
+    /* candidates: identity-shortcut blocks layer1.0..2 and layer2.1 */
+    assert_int_equal(n, 4);
+    for (int i = 0; i < n; i++) {
+        assert_true(sc[i].loss_before > 0);
+        assert_true(sc[i].recoverability <= sc[i].loss_before * 1.0001);
+    }
+    int chosen[16], nc;
+    assert_int_equal(fs_practise_choose(sc, n, 1.0, chosen, &nc, &d), 0);
+    assert_int_equal(nc, 0);
+    assert_int_equal(fs_practise_choose(sc, n, 0.01, chosen, &nc, &d), FS_EINVAL);
+    assert_non_null(strstr(d.msg, "cannot be met"));
+    assert_int_equal(fs_practise_choose(sc, n, 1.5, chosen, &nc, &d), FS_EINVAL);
+    fs_source_free(src);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(local_sums_equal_direct_computation),
+        cmocka_unit_test(minibatches_are_deterministic_and_proportional),
+        cmocka_unit_test(moments_histograms_and_bn_reestimation),
+        cmocka_unit_test(dropping_blocks_renumbers_and_copies),
+        cmocka_unit_test(recovery_lowers_the_objective),
+        cmocka_unit_test(practise_scores_and_choice),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -425,13 +425,22 @@ static int parse_header_json(fs_safetensors *st, const char *hdr, size_t hlen, f
         int depth = 0;
         size_t pos = err.position > 0 ? (size_t)err.position : 0;
         int have = fs_json_key_before(hdr, hlen, pos, key, sizeof key, &depth);
+        int in_meta = have && strcmp(key, "__metadata__") == 0;
         if (json_error_code(&err) == json_error_duplicate_key && have) {
+            if (in_meta && depth > 1) {
+                return fs_diag_set(d, FS_EFORMAT, "%s: __metadata__: %s", file, err.text);
+            }
             if (depth <= 1) {
                 return fs_diag_set(d, FS_EFORMAT, "%s: duplicate tensor '%s' in the header", file,
                                    key);
             }
             return fs_diag_set(d, FS_EFORMAT, "%s: tensor '%s': duplicate field in its entry "
                                "(%s)", file, key, err.text);
+        }
+        if (in_meta) {
+            return fs_diag_set(d, FS_EFORMAT,
+                               "%s: header is not valid JSON, in __metadata__: %s (header byte %zu)",
+                               file, err.text, pos);
         }
         if (have) {
             return fs_diag_set(d, FS_EFORMAT,

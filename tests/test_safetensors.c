@@ -601,6 +601,10 @@ static void rejects_duplicate_tensor(void **state)
     (void)state;
     case_edit("dup.safetensors", "\"b.bias\"", "\"a.weight\"", FS_EFORMAT, "a.weight",
               "duplicate tensor");
+    case_edit("dup3.safetensors", "\"format\":\"pt\"", "\"format\":\"pt\",\"format\":\"np\"",
+              FS_EFORMAT, NULL, "__metadata__: duplicate object key");
+    case_edit("json7.safetensors", "\"format\":\"pt\"", "\"format\":pt", FS_EFORMAT, NULL,
+              "not valid JSON, in __metadata__");
     case_edit("dup2.safetensors", "\"shape\":[3]", "\"shape\":[3],\"shape\":[3]", FS_EFORMAT,
               "b.bias", "duplicate");
 }

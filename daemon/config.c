@@ -966,6 +966,69 @@ void fs_cfg_free(const fs_cfg_schema *s, void *obj)
     memset(obj, 0, s->size);
 }
 
+/* One "key = value" line; without the blanks when the line would otherwise be too long. */
+static void write_pair(FILE *f, const char *key, const char *prefix, const char *value)
+{
+    size_t n = strlen(key) + strlen(prefix) + strlen(value);
+    fprintf(f, n + 3 > FS_CFG_MAX_LINE ? "%s=%s%s\n" : "%s = %s%s\n", key, prefix, value);
+}
+
+int fs_cfg_write(const fs_cfg_schema *s, const void *obj, FILE *f)
+{
+    for (size_t i = 0; i < s->n_keys; i++) {
+        const fs_cfg_key *k = &s->keys[i];
+        if (i == 0 || strcmp(s->keys[i - 1].section, k->section) != 0)
+            fprintf(f, "%s[%s]\n", i ? "\n" : "", k->section);
+        const void *fp = (const char *)obj + k->offset;
+        char buf[64];
+        switch (k->type) {
+        case FS_CFG_STRING:
+        case FS_CFG_PATH:
+        case FS_CFG_NAME:
+        case FS_CFG_Z85KEY:
+        case FS_CFG_ENDPOINT:
+            if (*(char *const *)fp)
+                write_pair(f, k->key, "", *(char *const *)fp);
+            break;
+        case FS_CFG_INT:
+            snprintf(buf, sizeof buf, "%" PRId64, *(const int64_t *)fp);
+            write_pair(f, k->key, "", buf);
+            break;
+        case FS_CFG_DOUBLE:
+            snprintf(buf, sizeof buf, "%.17g", *(const double *)fp);
+            write_pair(f, k->key, "", buf);
+            break;
+        case FS_CFG_BOOL:
+            write_pair(f, k->key, "", *(const bool *)fp ? "yes" : "no");
+            break;
+        case FS_CFG_DURATION:
+            fs_cfg_format_duration(*(const uint64_t *)fp, buf, sizeof buf);
+            write_pair(f, k->key, "", buf);
+            break;
+        case FS_CFG_SIZE:
+            fs_cfg_format_size(*(const uint64_t *)fp, buf, sizeof buf);
+            write_pair(f, k->key, "", buf);
+            break;
+        case FS_CFG_ENUM: {
+            int idx = *(const int *)fp;
+            FS_ASSERT(k->choices && idx >= 0);
+            write_pair(f, k->key, "", k->choices[idx]);
+            break;
+        }
+        case FS_CFG_ENTRIES: {
+            const fs_cfg_entries *e = fp;
+            for (size_t j = 0; j < e->n; j++) {
+                char kind[64];
+                snprintf(kind, sizeof kind, "%s:", k->choices[e->v[j].kind]);
+                write_pair(f, e->v[j].name, kind, e->v[j].path);
+            }
+            break;
+        }
+        }
+    }
+    return ferror(f) ? FS_EIO : 0;
+}
+
 static bool str_eq(const char *a, const char *b)
 {
     if (!a || !b)

@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "fs_util.h"
 
@@ -122,6 +123,11 @@ void fs_cfg_free(const fs_cfg_schema *s, void *obj);
  * (both loaded with `s`). Returns the number of differing keys. Borrows everything. */
 size_t fs_cfg_diff(const fs_cfg_schema *s, const void *a, const void *b,
                    void (*cb)(const fs_cfg_key *key, void *ud), void *ud);
+
+/* Writes `obj` as an INI file that loads back to an equal configuration (fs_cfg_diff == 0): every
+ * section, every key that has a value, durations/sizes in units ("1min 30s", "4MiB"). For
+ * `--print-config` and tests. 0 or FS_EIO. Borrows everything. */
+FS_MUST_CHECK int fs_cfg_write(const fs_cfg_schema *s, const void *obj, FILE *f);
 
 /* Value parsers used by the loader, exported for the CLI and tests. 0 or FS_EFORMAT; `d` gets
  * the problem alone (e.g. "'4Mb' is not a size: unknown unit 'Mb' (B, KiB, MiB, GiB, TiB, kB, MB,

@@ -308,6 +308,52 @@ static void agent_public_key_from_file(void **state)
     fs_agent_config_free(&a);
 }
 
+/* fs_cfg_write output loads back to the same configuration. */
+static void write_then_load_roundtrips(void **state)
+{
+    (void)state;
+    const char *text = "[coordinator]\nlisten = ipc://@fs\nsecret_key = /k\npublic_key = " Z85_HASH
+                       "\nthreads = 7\nlog_level = warning\n[limits]\nchunk_size = 5000\n"
+                       "[jobs]\nstep_timeout = 1h 1ms 3us\ncheckpoint = no\n";
+    fs_coord_config a;
+    fs_coord_config b;
+    fs_diag d = {0};
+    assert_int_equal(load_coord(text, &a, &d), 0);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    assert_non_null(f);
+    assert_int_equal(fs_cfg_write(&fs_coord_config_schema, &a, f), 0);
+    fclose(f);
+    assert_non_null(strstr(out, "[coordinator]\nlisten = ipc://@fs\n"));
+    assert_non_null(strstr(out, "\nstep_timeout = 1h 1ms 3us\n"));
+    assert_non_null(strstr(out, "\nchunk_size = 5000B\n"));
+    assert_non_null(strstr(out, "\nmax_message = 16MiB\n"));
+    assert_non_null(strstr(out, "\ncheckpoint = no\n"));
+    if (fs_cfg_load_string(&fs_coord_config_schema, "out", out, len, &b, &d) != 0)
+        fail_msg("%s\n%s", d.msg, out);
+    assert_int_equal(fs_cfg_diff(&fs_coord_config_schema, &a, &b, NULL, NULL), 0);
+    fs_coord_config_free(&a);
+    fs_coord_config_free(&b);
+    free(out);
+
+    char atext[1024];
+    snprintf(atext, sizeof atext, "%sphotos = unlabeled:/srv/p q\n", good_agent);
+    fs_agent_config x;
+    fs_agent_config y;
+    assert_int_equal(load_agent(atext, &x, &d), 0);
+    f = open_memstream(&out, &len);
+    assert_non_null(f);
+    assert_int_equal(fs_cfg_write(&fs_agent_config_schema, &x, f), 0);
+    fclose(f);
+    assert_non_null(strstr(out, "\n[data]\ntrain = idx:/data/fmnist/train\nphotos = unlabeled:/srv/p q\n"));
+    assert_int_equal(fs_cfg_load_string(&fs_agent_config_schema, "out", out, len, &y, &d), 0);
+    assert_int_equal(fs_cfg_diff(&fs_agent_config_schema, &x, &y, NULL, NULL), 0);
+    fs_agent_config_free(&x);
+    fs_agent_config_free(&y);
+    free(out);
+}
+
 static void too_many_entries(void **state)
 {
     (void)state;
@@ -678,6 +724,7 @@ int main(void)
         cmocka_unit_test(bad_coordinator_files_name_line_and_key),
         cmocka_unit_test(bad_agent_files),
         cmocka_unit_test(agent_public_key_from_file),
+        cmocka_unit_test(write_then_load_roundtrips),
         cmocka_unit_test(too_many_entries),
         cmocka_unit_test(raw_text_edge_cases),
         cmocka_unit_test(hash_and_semicolon_stay_in_values),

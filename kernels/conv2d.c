@@ -124,12 +124,16 @@ static int simd_threads(const fs_conv2d_shape *s)
     return t < s->N ? t : s->N;
 }
 
+static int implicit_ok(const fs_conv2d_shape *s);
+static size_t implicit_workspace(const fs_conv2d_shape *s);
+
 size_t fs_conv2d_workspace(const fs_conv2d_shape *s)
 {
     if (is_depthwise(s))
         return 0;
     if (fs_conv2d_get_impl() != FS_CONV_IMPL_BLAS)
-        return (size_t)simd_threads(s) * simd_thread_floats(s);
+        return implicit_ok(s) ? implicit_workspace(s)
+                              : (size_t)simd_threads(s) * simd_thread_floats(s);
     size_t col = fs_align_up(col_floats(s), 16);
     int t = fs__threads();
     if (t <= 1)
@@ -457,6 +461,224 @@ static void simd_backward(int impl, float *din, float *dw, const float *dout, co
     }
 }
 
+/* ---- implicit-GEMM path for stride-1 "same" convolutions (KH == KW == 2·pad + 1) ----------
+ *
+ * No im2col: a chunk of nb images is copied once into zero-padded planes laid out channel-major,
+ * Xp[c][i][Hp·Wp] (Hp = H + 2p, Wp = W + 2p, S = Hp·Wp), and row (c, kh, kw) of the virtual
+ * column matrix is the plane of channel c shifted by kh·Wp + kw (an offset table). Outputs are
+ * computed on the padded grid n = i·S + oh·Wp + ow and the valid part is copied out. The data
+ * gradient is the same computation over the zero-padded dout planes with the flipped, transposed
+ * weight; the weight gradient reads the padded dout planes shifted by p·Wp + p, whose padding
+ * zeroes the grid's junk columns. */
+
+typedef struct {
+    int Wp, S, nb, KK;
+    size_t nbS, cs, slack, xp, dp, tmp, wpart, per; /* floats; cs: channel stride of xp, dp */
+    size_t tabx, tabd, wt, shared;              /* floats of the shared area */
+} implicit_geom;
+
+static int implicit_ok(const fs_conv2d_shape *s)
+{
+    return s->stride == 1 && s->KH == s->KW && s->KH == 2 * s->pad + 1 && !is_depthwise(s);
+}
+
+static implicit_geom implicit_geometry(const fs_conv2d_shape *s)
+{
+    implicit_geom g;
+    const int p = s->pad, Cg = s->C / s->groups, OCg = s->OC / s->groups;
+    g.Wp = s->W + 2 * p;
+    g.S = (s->H + 2 * p) * g.Wp;
+    g.KK = s->KH * s->KW;
+    size_t nb = (512 + (size_t)g.S - 1) / (size_t)g.S;
+    size_t mx = (size_t)(s->C > s->OC ? s->C : s->OC);
+    size_t budget = (size_t)262144 / (((size_t)s->C + s->OC + mx) * (size_t)g.S);
+    if (nb > budget)
+        nb = budget;
+    int t = fs__threads();
+    size_t fair = ((size_t)s->N + (size_t)t - 1) / (size_t)t;
+    if (nb > fair)
+        nb = fair;
+    g.nb = nb < 1 ? 1 : (int)nb;
+    g.nbS = (size_t)g.nb * g.S;
+    /* Zeros after each channel's nb planes: the weight gradient reads padded dout rows shifted
+     * by p·Wp + p and up to 15 floats past the grid. */
+    g.cs = fs_align_up(g.nbS + (size_t)p * (g.Wp + 1) + 16, 16);
+    g.slack = fs_align_up((size_t)s->KH * (g.Wp + 1) + 64, 16);
+    g.xp = (size_t)s->C * g.cs + g.slack;
+    g.dp = (size_t)s->OC * g.cs + g.slack;
+    g.tmp = fs_align_up(mx * g.nbS, 16);
+    g.wpart = wpart_floats(s);
+    g.per = g.xp + g.dp + g.tmp + g.wpart;
+    g.tabx = fs_align_up((size_t)Cg * g.KK * 2, 16); /* ptrdiff_t entries, 2 floats each */
+    g.tabd = fs_align_up((size_t)OCg * g.KK * 2, 16);
+    g.wt = fs_align_up((size_t)s->OC * Cg * g.KK, 16);
+    g.shared = g.tabx + g.tabd + g.wt;
+    return g;
+}
+
+/* dst[c][i][Hp][Wp] = src planes of images 0..nb-1 (`planes` per image, [H][W]) with a zero
+ * border of p, then `slack` zeros. */
+static void pad_planes(float *dst, const float *src, int planes, int nb, int H, int W, int p,
+                       size_t img_stride, const implicit_geom *g)
+{
+    const int Wp = g->Wp;
+    for (int c = 0; c < planes; c++) {
+        memset(dst + (size_t)c * g->cs + (size_t)nb * g->S, 0,
+               sizeof(float) * (g->cs - (size_t)nb * g->S));
+        for (int i = 0; i < nb; i++) {
+            float *d = dst + (size_t)c * g->cs + (size_t)i * g->S;
+            const float *sp = src + (size_t)i * img_stride + (size_t)c * H * W;
+            memset(d, 0, sizeof(float) * (size_t)p * Wp);
+            d += (size_t)p * Wp;
+            for (int h = 0; h < H; h++, d += Wp) {
+                for (int x = 0; x < p; x++)
+                    d[x] = 0.0f, d[p + W + x] = 0.0f;
+                memcpy(d + p, sp + (size_t)h * W, sizeof(float) * (size_t)W);
+            }
+            memset(d, 0, sizeof(float) * (size_t)p * Wp);
+        }
+    }
+    memset(dst + (size_t)planes * g->cs, 0, sizeof(float) * g->slack);
+}
+
+static void implicit_tables(ptrdiff_t *tabx, ptrdiff_t *tabd, float *wt, const float *w,
+                            const fs_conv2d_shape *s, const implicit_geom *g, int need_wt)
+{
+    const int Cg = s->C / s->groups, OCg = s->OC / s->groups, K = s->KH, KK = g->KK;
+    for (int c = 0; c < Cg; c++)
+        for (int k = 0; k < KK; k++)
+            tabx[c * KK + k] = (ptrdiff_t)c * (ptrdiff_t)g->cs + (k / K) * g->Wp + k % K;
+    for (int oc = 0; oc < OCg; oc++)
+        for (int k = 0; k < KK; k++)
+            tabd[oc * KK + k] = (ptrdiff_t)oc * (ptrdiff_t)g->cs + (k / K) * g->Wp + k % K;
+    if (!need_wt)
+        return;
+    /* wt[g][c][oc][kh][kw] = w[g·OCg + oc][c][K-1-kh][K-1-kw] */
+    for (int gi = 0; gi < s->groups; gi++)
+        for (int c = 0; c < Cg; c++)
+            for (int oc = 0; oc < OCg; oc++)
+                for (int k = 0; k < KK; k++)
+                    wt[(((size_t)gi * Cg + c) * OCg + oc) * KK + k] =
+                        w[(((size_t)gi * OCg + oc) * Cg + c) * KK + (KK - 1 - k)];
+}
+
+static void implicit_forward_chunk(int impl, float *out, const float *in, const float *w,
+                                   float *buf, const ptrdiff_t *tabx, int n0, int nb,
+                                   const fs_conv2d_shape *s, const implicit_geom *g)
+{
+    const int G = s->groups, Cg = s->C / G, OCg = s->OC / G, KK = g->KK, p = s->pad;
+    const size_t in_img = (size_t)s->C * s->H * s->W, ohw = (size_t)s->OH * s->OW;
+    float *xp = buf, *tmp = buf + g->xp + g->dp;
+    pad_planes(xp, in + (size_t)n0 * in_img, s->C, nb, s->H, s->W, p, in_img, g);
+    const int N = (int)((size_t)nb * g->S);
+    for (int gi = 0; gi < G; gi++) {
+        fs__ugemm_nn_tab(impl, OCg, N, Cg * KK, w + (size_t)gi * OCg * Cg * KK, Cg * KK, 1,
+                         xp + (size_t)gi * Cg * g->cs, tabx, tmp, (ptrdiff_t)g->nbS, 0);
+        for (int oc = 0; oc < OCg; oc++)
+            for (int i = 0; i < nb; i++) {
+                const float *t = tmp + (size_t)oc * g->nbS + (size_t)i * g->S;
+                float *o = out + (size_t)(n0 + i) * s->OC * ohw + (size_t)(gi * OCg + oc) * ohw;
+                for (int oh = 0; oh < s->OH; oh++)
+                    memcpy(o + (size_t)oh * s->OW, t + (size_t)oh * g->Wp,
+                           sizeof(float) * (size_t)s->OW);
+            }
+    }
+}
+
+static void implicit_backward_chunk(int impl, float *din, float *dw_acc, const float *dout,
+                                    const float *in, const float *wt, float *buf,
+                                    const ptrdiff_t *tabx, const ptrdiff_t *tabd, int n0, int nb,
+                                    const fs_conv2d_shape *s, const implicit_geom *g)
+{
+    const int G = s->groups, Cg = s->C / G, OCg = s->OC / G, KK = g->KK, p = s->pad;
+    const size_t in_img = (size_t)s->C * s->H * s->W, out_img = (size_t)s->OC * s->OH * s->OW;
+    const size_t plane = (size_t)s->H * s->W;
+    float *xp = buf, *dp = buf + g->xp, *tmp = buf + g->xp + g->dp;
+    pad_planes(dp, dout + (size_t)n0 * out_img, s->OC, nb, s->OH, s->OW, p, out_img, g);
+    const int N = (int)((size_t)nb * g->S);
+    if (dw_acc) {
+        pad_planes(xp, in + (size_t)n0 * in_img, s->C, nb, s->H, s->W, p, in_img, g);
+        const int L = (int)fs_align_up((size_t)N, 16);
+        for (int gi = 0; gi < G; gi++)
+            fs__ugemm_dot_tab(impl, OCg, Cg * KK, L,
+                              dp + (size_t)gi * OCg * g->cs + (size_t)p * g->Wp + (size_t)p,
+                              (ptrdiff_t)g->cs, xp + (size_t)gi * Cg * g->cs, tabx,
+                              dw_acc + (size_t)gi * OCg * Cg * KK, Cg * KK);
+    }
+    if (din) {
+        for (int gi = 0; gi < G; gi++) {
+            fs__ugemm_nn_tab(impl, Cg, N, OCg * KK, wt + (size_t)gi * Cg * OCg * KK, OCg * KK, 1,
+                             dp + (size_t)gi * OCg * g->cs, tabd, tmp, (ptrdiff_t)g->nbS, 0);
+            for (int c = 0; c < Cg; c++)
+                for (int i = 0; i < nb; i++) {
+                    const float *t = tmp + (size_t)c * g->nbS + (size_t)i * g->S;
+                    float *d = din + (size_t)(n0 + i) * in_img + (size_t)(gi * Cg + c) * plane;
+                    for (int h = 0; h < s->H; h++) {
+                        float *dr = d + (size_t)h * s->W;
+                        const float *tr = t + (size_t)h * g->Wp;
+#pragma omp simd
+                        for (int x = 0; x < s->W; x++)
+                            dr[x] += tr[x];
+                    }
+                }
+        }
+    }
+}
+
+static void implicit_run(int impl, int backward, float *out, float *din, float *dw,
+                         const float *dout, const float *in, const float *w, float *work,
+                         const fs_conv2d_shape *s)
+{
+    const implicit_geom g = implicit_geometry(s);
+    ptrdiff_t *tabx = (ptrdiff_t *)(void *)work;
+    ptrdiff_t *tabd = (ptrdiff_t *)(void *)(work + g.tabx);
+    float *wt = work + g.tabx + g.tabd;
+    float *bufs = work + g.shared;
+    implicit_tables(tabx, tabd, wt, w, s, &g, backward && din);
+    const size_t wn = (size_t)s->OC * (s->C / s->groups) * g.KK;
+    const int nchunks = (s->N + g.nb - 1) / g.nb;
+    int nt = fs__threads();
+    if (nt > nchunks)
+        nt = nchunks;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int tid = omp_get_thread_num();
+        float *buf = bufs + (size_t)tid * g.per;
+        float *mydw = !dw ? NULL : nt > 1 ? buf + g.xp + g.dp + g.tmp : dw;
+        if (mydw && nt > 1)
+            memset(mydw, 0, sizeof(float) * wn);
+#pragma omp for schedule(static)
+        for (int c = 0; c < nchunks; c++) {
+            int n0 = c * g.nb, cnt = s->N - n0 < g.nb ? s->N - n0 : g.nb;
+            if (backward)
+                implicit_backward_chunk(impl, din, mydw, dout, in, wt, buf, tabx, tabd, n0, cnt, s,
+                                        &g);
+            else
+                implicit_forward_chunk(impl, out, in, w, buf, tabx, n0, cnt, s, &g);
+        }
+        if (dw && nt > 1) {
+            /* Partials added in thread order: element i belongs to one thread. */
+#pragma omp for schedule(static)
+            for (size_t i = 0; i < wn; i++) {
+                float a = dw[i];
+                for (int t = 0; t < nt; t++)
+                    a += bufs[(size_t)t * g.per + g.xp + g.dp + g.tmp + i];
+                dw[i] = a;
+            }
+        }
+    }
+}
+
+static size_t implicit_workspace(const fs_conv2d_shape *s)
+{
+    const implicit_geom g = implicit_geometry(s);
+    int nt = fs__threads();
+    int nchunks = (s->N + g.nb - 1) / g.nb;
+    if (nt > nchunks)
+        nt = nchunks;
+    return g.shared + (size_t)nt * g.per;
+}
+
 /* ---- forward ------------------------------------------------------------------------------ */
 
 /* One image, all groups. col: this caller's column buffer; nthr: team for im2col. */
@@ -504,7 +726,10 @@ void fs_conv2d_forward(float *restrict out, const float *restrict in, const floa
     }
     const int impl = fs_conv2d_get_impl();
     if (impl != FS_CONV_IMPL_BLAS) {
-        simd_forward(impl, out, in, w, work, s);
+        if (implicit_ok(s))
+            implicit_run(impl, 0, out, NULL, NULL, NULL, in, w, work, s);
+        else
+            simd_forward(impl, out, in, w, work, s);
         if (bias)
             add_bias(out, bias, s);
         return;
@@ -597,7 +822,10 @@ void fs_conv2d_backward(float *din, float *dw, float *dbias, const float *dout, 
     }
     const int impl = fs_conv2d_get_impl();
     if (impl != FS_CONV_IMPL_BLAS) {
-        simd_backward(impl, din, dw, dout, in, w, work, s);
+        if (implicit_ok(s))
+            implicit_run(impl, 1, NULL, din, dw, dout, in, w, work, s);
+        else
+            simd_backward(impl, din, dw, dout, in, w, work, s);
         return;
     }
     const size_t in_img = (size_t)s->C * s->H * s->W, out_img = (size_t)s->OC * s->OH * s->OW;

@@ -92,6 +92,41 @@ void fs__ugemm_nn(int impl, int M, int N, int K, const float *A, ptrdiff_t sai, 
     FS_ASSERT(!"no micro-kernel for this implementation");
 }
 
+void fs__ugemm_nn_tab(int impl, int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
+                      const float *B, const ptrdiff_t *boff, float *C, ptrdiff_t ldc, int acc)
+{
+#ifdef FS_HAVE_X86_UKERNELS
+    if (impl == FS_CONV_IMPL_AVX512) {
+        fs__gemm_nn_tab_avx512(M, N, K, A, sai, saj, B, boff, C, ldc, acc);
+        return;
+    }
+    if (impl == FS_CONV_IMPL_AVX2) {
+        fs__gemm_nn_tab_avx2(M, N, K, A, sai, saj, B, boff, C, ldc, acc);
+        return;
+    }
+#endif
+    (void)M, (void)N, (void)K, (void)A, (void)sai, (void)saj, (void)B, (void)boff, (void)C;
+    (void)ldc, (void)acc;
+    FS_ASSERT(!"no micro-kernel for this implementation");
+}
+
+void fs__ugemm_dot_tab(int impl, int M, int Kc, int L, const float *P, ptrdiff_t ldp,
+                       const float *Q, const ptrdiff_t *qoff, float *D, ptrdiff_t ldd)
+{
+#ifdef FS_HAVE_X86_UKERNELS
+    if (impl == FS_CONV_IMPL_AVX512) {
+        fs__gemm_dot_tab_avx512(M, Kc, L, P, ldp, Q, qoff, D, ldd);
+        return;
+    }
+    if (impl == FS_CONV_IMPL_AVX2) {
+        fs__gemm_dot_tab_avx2(M, Kc, L, P, ldp, Q, qoff, D, ldd);
+        return;
+    }
+#endif
+    (void)M, (void)Kc, (void)L, (void)P, (void)ldp, (void)Q, (void)qoff, (void)D, (void)ldd;
+    FS_ASSERT(!"no micro-kernel for this implementation");
+}
+
 void fs__ugemm_dot(int impl, int M, int Kc, int L, const float *P, ptrdiff_t ldp, const float *Q,
                    ptrdiff_t ldq, float *D, ptrdiff_t ldd)
 {

@@ -14,8 +14,11 @@
  *       the first N columns of C are written.
  *   fs__gemm_dot_<isa>(M, Kc, L, P, ldp, Q, ldq, D, ldd)
  *       D[i, k] += Σ_{n < L} P[i·ldp + n] · Q[k·ldq + n]   (L a multiple of VL)
+ *   fs__gemm_nn_tab_<isa>, fs__gemm_dot_tab_<isa>: the same with B row j / Q row k at an offset
+ *       from a table (boff[j], qoff[k]) instead of j·ldb / k·ldq.
  * Sums run in a fixed order, so results are reproducible.
  */
+#include <immintrin.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -32,7 +35,8 @@ typedef float UK_VU __attribute__((vector_size(UK_VL * 4), aligned(4)));
 /* One MR x NR tile of C (mr <= MR rows, nc <= NR columns). Inlined with constant mr. */
 static inline __attribute__((always_inline, target(UK_TARGET))) void
 UK_CAT(uk_tile_, UK_ISA)(const int mr, int nc, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
-                         const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc)
+                         const float *B, ptrdiff_t ldb, const int tab, const ptrdiff_t *boff,
+                         float *C, ptrdiff_t ldc, int acc)
 {
     UK_V c[UK_MR][UK_NV];
 #pragma GCC unroll 16
@@ -41,7 +45,7 @@ UK_CAT(uk_tile_, UK_ISA)(const int mr, int nc, int K, const float *A, ptrdiff_t 
         for (int v = 0; v < UK_NV; v++)
             c[r][v] = (UK_V){0};
     for (int j = 0; j < K; j++) {
-        const float *b = B + (ptrdiff_t)j * ldb;
+        const float *b = tab ? B + boff[j] : B + (ptrdiff_t)j * ldb;
         const float *a = A + (ptrdiff_t)j * saj;
         UK_V bv[UK_NV];
 #pragma GCC unroll 4
@@ -79,9 +83,10 @@ UK_CAT(uk_tile_, UK_ISA)(const int mr, int nc, int K, const float *A, ptrdiff_t 
     }
 }
 
-static __attribute__((target(UK_TARGET))) void
-UK_CAT(fs__gemm_nn_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
-                             const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc)
+static inline __attribute__((always_inline, target(UK_TARGET))) void
+UK_CAT(uk_nn_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
+                       const float *B, ptrdiff_t ldb, const int tab, const ptrdiff_t *boff,
+                       float *C, ptrdiff_t ldc, int acc)
 {
     for (int n0 = 0; n0 < N; n0 += UK_NR) {
         int nc = N - n0 < UK_NR ? N - n0 : UK_NR;
@@ -92,7 +97,7 @@ UK_CAT(fs__gemm_nn_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t sai,
             float *c = C + (ptrdiff_t)i0 * ldc + n0;
             switch (mr) {
 #define UK_CASE(m)                                                                             \
-    case m: UK_CAT(uk_tile_, UK_ISA)(m, nc, K, a, sai, saj, b, ldb, c, ldc, acc); break;
+    case m: UK_CAT(uk_tile_, UK_ISA)(m, nc, K, a, sai, saj, b, ldb, tab, boff, c, ldc, acc); break;
                 UK_CASE(1)
                 UK_CASE(2)
                 UK_CASE(3)
@@ -110,21 +115,47 @@ UK_CAT(fs__gemm_nn_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t sai,
     }
 }
 
+static __attribute__((target(UK_TARGET))) void
+UK_CAT(fs__gemm_nn_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
+                             const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc)
+{
+    UK_CAT(uk_nn_, UK_ISA)(M, N, K, A, sai, saj, B, ldb, 0, NULL, C, ldc, acc);
+}
+
+/* The same with row j of B at B + boff[j] (implicit im2col: rows are shifted input planes). */
+static __attribute__((target(UK_TARGET))) void
+UK_CAT(fs__gemm_nn_tab_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
+                                 const float *B, const ptrdiff_t *boff, float *C, ptrdiff_t ldc,
+                                 int acc)
+{
+    UK_CAT(uk_nn_, UK_ISA)(M, N, K, A, sai, saj, B, 0, 1, boff, C, ldc, acc);
+}
+
 static inline __attribute__((always_inline, target(UK_TARGET))) float
 UK_CAT(uk_hsum_, UK_ISA)(UK_V x)
 {
+#if UK_VL == 16
+    return _mm512_reduce_add_ps((__m512)x); /* a fixed shuffle tree */
+#elif UK_VL == 8
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128((__m256)x), _mm256_extractf128_ps((__m256)x, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+#else
     float t[UK_VL];
     memcpy(t, &x, sizeof t);
     float s = 0.0f;
     for (int l = 0; l < UK_VL; l++)
         s += t[l];
     return s;
+#endif
 }
 
 /* D[i, k] += Σ_n P[i, n] Q[k, n]: tiles of DR x DK dot products, vectorised along n. */
 static inline __attribute__((always_inline, target(UK_TARGET))) void
 UK_CAT(uk_dot_tile_, UK_ISA)(const int dr, const int dk, int L, const float *P, ptrdiff_t ldp,
-                             const float *Q, ptrdiff_t ldq, float *D, ptrdiff_t ldd)
+                             const float *Q, ptrdiff_t ldq, const int tab, const ptrdiff_t *qoff,
+                             float *D, ptrdiff_t ldd)
 {
     UK_V s[UK_DR][UK_DK];
 #pragma GCC unroll 8
@@ -141,7 +172,7 @@ UK_CAT(uk_dot_tile_, UK_ISA)(const int dr, const int dk, int L, const float *P, 
 #pragma GCC unroll 8
         for (int b = 0; b < UK_DK; b++)
             if (b < dk)
-                q[b] = *(const UK_VU *)(Q + b * ldq + n);
+                q[b] = *(const UK_VU *)((tab ? Q + qoff[b] : Q + b * ldq) + n);
 #pragma GCC unroll 8
         for (int a = 0; a < UK_DR; a++)
 #pragma GCC unroll 8
@@ -154,22 +185,38 @@ UK_CAT(uk_dot_tile_, UK_ISA)(const int dr, const int dk, int L, const float *P, 
             D[a * ldd + b] += UK_CAT(uk_hsum_, UK_ISA)(s[a][b]);
 }
 
-static __attribute__((target(UK_TARGET))) void
-UK_CAT(fs__gemm_dot_, UK_ISA)(int M, int Kc, int L, const float *P, ptrdiff_t ldp, const float *Q,
-                              ptrdiff_t ldq, float *D, ptrdiff_t ldd)
+static inline __attribute__((always_inline, target(UK_TARGET))) void
+UK_CAT(uk_dot_, UK_ISA)(int M, int Kc, int L, const float *P, ptrdiff_t ldp, const float *Q,
+                        ptrdiff_t ldq, const int tab, const ptrdiff_t *qoff, float *D, ptrdiff_t ldd)
 {
     for (int i0 = 0; i0 < M; i0 += UK_DR) {
         int dr = M - i0 < UK_DR ? M - i0 : UK_DR;
         for (int k0 = 0; k0 < Kc; k0 += UK_DK) {
             int dk = Kc - k0 < UK_DK ? Kc - k0 : UK_DK;
-            const float *p = P + (ptrdiff_t)i0 * ldp, *q = Q + (ptrdiff_t)k0 * ldq;
+            const float *p = P + (ptrdiff_t)i0 * ldp, *q = tab ? Q : Q + (ptrdiff_t)k0 * ldq;
+            const ptrdiff_t *qo = tab ? qoff + k0 : NULL;
             float *d = D + (ptrdiff_t)i0 * ldd + k0;
             if (dr == UK_DR && dk == UK_DK)
-                UK_CAT(uk_dot_tile_, UK_ISA)(UK_DR, UK_DK, L, p, ldp, q, ldq, d, ldd);
+                UK_CAT(uk_dot_tile_, UK_ISA)(UK_DR, UK_DK, L, p, ldp, q, ldq, tab, qo, d, ldd);
             else /* edges: the same code without constant sizes */
-                UK_CAT(uk_dot_tile_, UK_ISA)(dr, dk, L, p, ldp, q, ldq, d, ldd);
+                UK_CAT(uk_dot_tile_, UK_ISA)(dr, dk, L, p, ldp, q, ldq, tab, qo, d, ldd);
         }
     }
+}
+
+static __attribute__((target(UK_TARGET))) void
+UK_CAT(fs__gemm_dot_, UK_ISA)(int M, int Kc, int L, const float *P, ptrdiff_t ldp, const float *Q,
+                              ptrdiff_t ldq, float *D, ptrdiff_t ldd)
+{
+    UK_CAT(uk_dot_, UK_ISA)(M, Kc, L, P, ldp, Q, ldq, 0, NULL, D, ldd);
+}
+
+/* The same with row k of Q at Q + qoff[k]. */
+static __attribute__((target(UK_TARGET))) void
+UK_CAT(fs__gemm_dot_tab_, UK_ISA)(int M, int Kc, int L, const float *P, ptrdiff_t ldp,
+                                  const float *Q, const ptrdiff_t *qoff, float *D, ptrdiff_t ldd)
+{
+    UK_CAT(uk_dot_, UK_ISA)(M, Kc, L, P, ldp, Q, 0, 1, qoff, D, ldd);
 }
 
 #undef UK_V

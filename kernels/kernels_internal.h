@@ -27,5 +27,9 @@ void fs__ugemm_nn(int impl, int M, int N, int K, const float *A, ptrdiff_t sai, 
                   const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc);
 void fs__ugemm_dot(int impl, int M, int Kc, int L, const float *P, ptrdiff_t ldp, const float *Q,
                    ptrdiff_t ldq, float *D, ptrdiff_t ldd);
+void fs__ugemm_nn_tab(int impl, int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
+                      const float *B, const ptrdiff_t *boff, float *C, ptrdiff_t ldc, int acc);
+void fs__ugemm_dot_tab(int impl, int M, int Kc, int L, const float *P, ptrdiff_t ldp,
+                       const float *Q, const ptrdiff_t *qoff, float *D, ptrdiff_t ldd);
 
 #endif

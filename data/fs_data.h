@@ -147,12 +147,20 @@ FS_MUST_CHECK int fs_sample_per_class(int32_t **idx_out, int *n_out, const fs_da
  * until n_total are chosen: pick a class uniformly at random, then an image of it uniformly at
  * random, and reject the pair if that image was already chosen (classes with no images left are
  * rejected too). PRACTISE's branch for n >= 1000 on ImageNet (n/1000 per class) is
- * fs_sample_per_class(n / num_classes). Unlabeled: the first n_total of a seeded shuffle.
+ * fs_sample_per_class(n / num_classes). Unlabeled datasets: fs_sample_uniform.
  * Output: *idx_out (returns owned, free()) holds n_total indices in ascending order.
  * FS_EINVAL if n_total < 1 or n_total > ds->n.
  */
 FS_MUST_CHECK int fs_sample_total(int32_t **idx_out, const fs_dataset *ds, int n_total,
                                   uint64_t seed, fs_diag *d);
+
+/*
+ * n_total distinct samples drawn uniformly from the whole dataset, ignoring labels: the first
+ * n_total of a seeded (partial Fisher-Yates) shuffle, as PRACTISE's CUB / Places365 subsets
+ * (np.random.choice(len, n, replace=False)). Output as fs_sample_total.
+ */
+FS_MUST_CHECK int fs_sample_uniform(int32_t **idx_out, const fs_dataset *ds, int n_total,
+                                    uint64_t seed, fs_diag *d);
 
 /* A split of one dataset into disjoint per-site index lists. */
 typedef struct {

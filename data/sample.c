@@ -113,35 +113,46 @@ int fs_sample_per_class(int32_t **idx_out, int *n_out, const fs_dataset *ds, int
     return 0;
 }
 
+int fs_sample_uniform(int32_t **idx_out, const fs_dataset *ds, int n_total, uint64_t seed,
+                      fs_diag *d)
+{
+    if (n_total < 1 || n_total > ds->n)
+        return fs_diag_set(d, FS_EINVAL, "%s: %d samples asked for, dataset has %d", ds->source,
+                           n_total, ds->n);
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)ds->n);
+    if (!perm)
+        return fs_diag_set(d, FS_ENOMEM, "out of memory");
+    fs_rng r;
+    fs_rng_seed(&r, seed);
+    for (int i = 0; i < ds->n; i++)
+        perm[i] = i;
+    /* front-to-back partial Fisher-Yates: perm[0..n_total) is a uniform random subset */
+    for (int i = 0; i < n_total; i++) {
+        int j = i + (int)fs_rng_below(&r, (uint64_t)(ds->n - i));
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    qsort(perm, (size_t)n_total, sizeof *perm, cmp_i32);
+    int32_t *out = realloc(perm, sizeof(int32_t) * (size_t)n_total);
+    *idx_out = out ? out : perm;
+    return 0;
+}
+
 int fs_sample_total(int32_t **idx_out, const fs_dataset *ds, int n_total, uint64_t seed,
                     fs_diag *d)
 {
     if (n_total < 1 || n_total > ds->n)
         return fs_diag_set(d, FS_EINVAL, "%s: %d samples asked for, dataset has %d", ds->source,
                            n_total, ds->n);
+    if (!ds->labels)
+        return fs_sample_uniform(idx_out, ds, n_total, seed, d);
     int32_t *out = malloc(sizeof(int32_t) * (size_t)n_total);
     if (!out)
         return fs_diag_set(d, FS_ENOMEM, "out of memory");
     fs_rng r;
     fs_rng_seed(&r, seed);
-    if (!ds->labels) {
-        int32_t *perm = malloc(sizeof(int32_t) * (size_t)ds->n);
-        if (!perm) {
-            free(out);
-            return fs_diag_set(d, FS_ENOMEM, "out of memory");
-        }
-        for (int i = 0; i < ds->n; i++)
-            perm[i] = i;
-        /* front-to-back partial Fisher-Yates: perm[0..n_total) is a uniform random subset */
-        for (int i = 0; i < n_total; i++) {
-            int j = i + (int)fs_rng_below(&r, (uint64_t)(ds->n - i));
-            int32_t t = perm[i];
-            perm[i] = perm[j];
-            perm[j] = t;
-        }
-        memcpy(out, perm, sizeof(int32_t) * (size_t)n_total);
-        free(perm);
-    } else {
+    {
         by_class b;
         uint8_t *taken = calloc((size_t)ds->n, 1);
         int *left = NULL;

@@ -871,6 +871,18 @@ static void practise_sampler_is_distinct_and_class_uniform(void **state)
         assert_int_equal(a[i], i);
     free(a);
     expect_err(fs_sample_total(&a, ds, 10001, 5, &d), FS_EINVAL, &d, "10001", NULL);
+    /* uniform over images (labels ignored): deterministic, distinct, seed-dependent */
+    assert_int_equal(fs_sample_uniform(&a, ds, 300, 11, &d), 0);
+    assert_int_equal(fs_sample_uniform(&b, ds, 300, 11, &d), 0);
+    assert_memory_equal(a, b, sizeof(int32_t) * 300);
+    for (int i = 1; i < 300; i++)
+        assert_true(a[i - 1] < a[i]);
+    assert_true(a[299] > 5000); /* spread over the set, not a prefix */
+    free(b);
+    assert_int_equal(fs_sample_uniform(&b, ds, 300, 12, &d), 0);
+    assert_true(memcmp(a, b, sizeof(int32_t) * 300) != 0);
+    free(a);
+    free(b);
 }
 
 static void dirichlet_split_is_disjoint_and_skewed(void **state)

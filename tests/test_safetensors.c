@@ -631,6 +631,31 @@ static void rejects_bad_entries(void **state)
     expect_error(tmp_path("does-not-exist.safetensors"), FS_EIO, NULL, "cannot open");
 }
 
+static void refuses_huge_file_and_unwritable_path(void **state)
+{
+    (void)state;
+    /* a sparse 4 GiB + 1 byte file: refused from its size, before any allocation */
+    const char *path = tmp_path("huge.safetensors");
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(ftruncate(fileno(f), (off_t)FS_ST_MAX_FILE_BYTES + 1), 0);
+    fclose(f);
+    expect_error(path, FS_EFORMAT, NULL, "more than the limit");
+    unlink(path);
+
+    fs_safetensors_writer *w = NULL;
+    fs_diag d = {0};
+    float x = 1.0f;
+    int64_t one = 1;
+    assert_int_equal(fs_safetensors_writer_new(&w, &d), 0);
+    assert_int_equal(fs_safetensors_writer_add(w, "x", FS_ST_F32, 1, &one, &x, &d), 0);
+    char bad[600];
+    snprintf(bad, sizeof bad, "%s/no/such/dir/m.safetensors", tmpdir);
+    assert_int_equal(fs_safetensors_writer_write(w, bad, &d), FS_EIO);
+    assert_non_null(strstr(d.msg, "no/such/dir/m.safetensors"));
+    fs_safetensors_writer_free(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -649,6 +674,7 @@ int main(void)
         cmocka_unit_test(rejects_duplicate_tensor),
         cmocka_unit_test(rejects_truncated_file),
         cmocka_unit_test(rejects_bad_entries),
+        cmocka_unit_test(refuses_huge_file_and_unwritable_path),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -212,7 +212,10 @@ static void full_lifecycle_abstract_socket(void **state)
 
     expect(&s, "READY=1\nSTATUS=idle threads=", &g);
     int threads = atoi(g.text + strlen("READY=1\nSTATUS=idle threads="));
-    assert_true(threads >= 2);                       /* OpenBLAS workers are running */
+    /* OpenBLAS workers are running (it starts min(OPENBLAS_NUM_THREADS, cores) - 1 of them) */
+    bool have_workers = sysconf(_SC_NPROCESSORS_ONLN) >= 2;
+    if (have_workers)
+        assert_true(threads >= 2);
     assert_non_null(strstr(g.text, "sgemm="));
 
     /* only watchdog pings while idle, for ~1 s */
@@ -233,7 +236,10 @@ static void full_lifecycle_abstract_socket(void **state)
 
     /* SIGHUP to an OpenBLAS thread: reload with a good new file */
     pid_t tid = worker_thread(pid);
-    assert_true(tid > 0);
+    if (have_workers)
+        assert_true(tid > 0);
+    else if (tid == 0)
+        tid = pid;   /* one core: no worker thread to aim at, use the main thread */
     write_config("threads = 3\n");
     send_to_thread(pid, tid, SIGHUP);
     expect(&s, "RELOADING=1\nMONOTONIC_USEC=", &g);

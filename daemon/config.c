@@ -27,8 +27,7 @@
 
 const char *const fs_cfg_log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 
-int fs_cfg_log_level(int index)
-{
+int fs_cfg_log_level(int index) {
     if (index < 0)
         return FS_LOG_ERR;
     if (index > FS_LOG_DEBUG - FS_LOG_ERR)
@@ -38,14 +37,12 @@ int fs_cfg_log_level(int index)
 
 /* ---------------------------------------------------------------- small string helpers */
 
-static bool is_blank(char c)
-{
+static bool is_blank(char c) {
     return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
 }
 
 /* Copies s[0..n) trimmed of blanks on both ends into out (cap bytes). Returns false if too long. */
-static bool copy_trimmed(char *out, size_t cap, const char *s, size_t n)
-{
+static bool copy_trimmed(char *out, size_t cap, const char *s, size_t n) {
     while (n > 0 && is_blank(s[0])) {
         s++;
         n--;
@@ -59,8 +56,7 @@ static bool copy_trimmed(char *out, size_t cap, const char *s, size_t n)
     return true;
 }
 
-static char *dup_str(const char *s)
-{
+static char *dup_str(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = malloc(n);
     if (p)
@@ -68,9 +64,9 @@ static char *dup_str(const char *s)
     return p;
 }
 
-/* Writes a printable excerpt of a value for messages: at most 60 characters, non-printables as '?'. */
-static const char *excerpt(const char *v, char *buf, size_t cap)
-{
+/* Writes a printable excerpt of a value for messages: at most 60 characters, non-printables as '?'.
+ */
+static const char *excerpt(const char *v, char *buf, size_t cap) {
     size_t n = 0;
     for (; v[n] && n + 4 < cap && n < 60; n++)
         buf[n] = (v[n] >= 0x20 && v[n] < 0x7f) ? v[n] : '?';
@@ -84,8 +80,7 @@ static const char *excerpt(const char *v, char *buf, size_t cap)
 
 /* ---------------------------------------------------------------- value parsers */
 
-int fs_cfg_parse_bool(const char *s, bool *v, fs_diag *d)
-{
+int fs_cfg_parse_bool(const char *s, bool *v, fs_diag *d) {
     static const char *const yes[] = {"yes", "true", "on", "1"};
     static const char *const no[] = {"no", "false", "off", "0"};
     for (size_t i = 0; i < 4; i++) {
@@ -105,15 +100,15 @@ int fs_cfg_parse_bool(const char *s, bool *v, fs_diag *d)
 
 /* Parses "123" or "1.25" at *p into a fixed-point number: *whole, and *frac as a fraction scaled by
  * 10^9 (digits beyond nine are ignored). Returns false if there is no digit or it overflows. */
-static bool parse_decimal(const char **p, uint64_t *whole, uint64_t *frac_e9)
-{
+static bool parse_decimal(const char **p, uint64_t *whole, uint64_t *frac_e9) {
     const char *s = *p;
     uint64_t w = 0;
     uint64_t f = 0;
     uint64_t scale = 100000000u;
     bool any = false;
     while (*s >= '0' && *s <= '9') {
-        if (__builtin_mul_overflow(w, 10u, &w) || __builtin_add_overflow(w, (uint64_t)(*s - '0'), &w))
+        if (__builtin_mul_overflow(w, 10u, &w) ||
+            __builtin_add_overflow(w, (uint64_t)(*s - '0'), &w))
             return false;
         s++;
         any = true;
@@ -136,8 +131,7 @@ static bool parse_decimal(const char **p, uint64_t *whole, uint64_t *frac_e9)
 }
 
 /* value = whole * unit + frac_e9 * unit / 1e9, overflow-checked. */
-static bool scale_decimal(uint64_t whole, uint64_t frac_e9, uint64_t unit, uint64_t *out)
-{
+static bool scale_decimal(uint64_t whole, uint64_t frac_e9, uint64_t unit, uint64_t *out) {
     uint64_t a;
     if (__builtin_mul_overflow(whole, unit, &a))
         return false;
@@ -154,13 +148,20 @@ typedef struct {
 } unit_def;
 
 static const unit_def duration_units[] = {
-    {"us", 1},           {"usec", 1},           {"ms", 1000},           {"msec", 1000},
-    {"s", 1000000},      {"sec", 1000000},      {"min", 60000000},      {"m", 60000000},
-    {"h", 3600000000ull}, {"hr", 3600000000ull}, {"d", 86400000000ull},
+    {"us", 1},
+    {"usec", 1},
+    {"ms", 1000},
+    {"msec", 1000},
+    {"s", 1000000},
+    {"sec", 1000000},
+    {"min", 60000000},
+    {"m", 60000000},
+    {"h", 3600000000ull},
+    {"hr", 3600000000ull},
+    {"d", 86400000000ull},
 };
 
-int fs_cfg_parse_duration(const char *s, uint64_t *usec, fs_diag *d)
-{
+int fs_cfg_parse_duration(const char *s, uint64_t *usec, fs_diag *d) {
     char ex[80];
     const char *p = s;
     uint64_t total = 0;
@@ -175,9 +176,10 @@ int fs_cfg_parse_duration(const char *s, uint64_t *usec, fs_diag *d)
         uint64_t whole;
         uint64_t frac;
         if (!parse_decimal(&p, &whole, &frac))
-            return fs_diag_set(d, FS_EFORMAT,
-                               "'%s' is not a duration (a number and a unit, e.g. 30s, 500ms, 1min 30s)",
-                               excerpt(s, ex, sizeof ex));
+            return fs_diag_set(
+                d, FS_EFORMAT,
+                "'%s' is not a duration (a number and a unit, e.g. 30s, 500ms, 1min 30s)",
+                excerpt(s, ex, sizeof ex));
         while (*p == ' ')
             p++;
         const char *u = p;
@@ -199,7 +201,8 @@ int fs_cfg_parse_duration(const char *s, uint64_t *usec, fs_diag *d)
                                excerpt(s, ex, sizeof ex), (int)(ul > 16 ? 16 : ul), u);
         uint64_t v;
         if (!scale_decimal(whole, frac, unit->mult, &v) || __builtin_add_overflow(total, v, &total))
-            return fs_diag_set(d, FS_EFORMAT, "'%s': duration too large", excerpt(s, ex, sizeof ex));
+            return fs_diag_set(d, FS_EFORMAT, "'%s': duration too large",
+                               excerpt(s, ex, sizeof ex));
         terms++;
         while (*p == ' ')
             p++;
@@ -229,8 +232,7 @@ static const unit_def size_units[] = {
     {"TB", 1000000000000ull},
 };
 
-int fs_cfg_parse_size(const char *s, uint64_t *bytes, fs_diag *d)
-{
+int fs_cfg_parse_size(const char *s, uint64_t *bytes, fs_diag *d) {
     char ex[80];
     const char *p = s;
     uint64_t whole;
@@ -246,10 +248,11 @@ int fs_cfg_parse_size(const char *s, uint64_t *bytes, fs_diag *d)
             unit = &size_units[i];
     }
     if (!unit)
-        return fs_diag_set(d, FS_EFORMAT,
-                           "'%s' is not a size: unknown unit '%.16s' (B, KiB, MiB, GiB, TiB, kB, MB, "
-                           "GB, TB)",
-                           excerpt(s, ex, sizeof ex), p);
+        return fs_diag_set(
+            d, FS_EFORMAT,
+            "'%s' is not a size: unknown unit '%.16s' (B, KiB, MiB, GiB, TiB, kB, MB, "
+            "GB, TB)",
+            excerpt(s, ex, sizeof ex), p);
     uint64_t v;
     if (!scale_decimal(whole, frac, unit->mult, &v))
         return fs_diag_set(d, FS_EFORMAT, "'%s': size too large", excerpt(s, ex, sizeof ex));
@@ -257,11 +260,9 @@ int fs_cfg_parse_size(const char *s, uint64_t *bytes, fs_diag *d)
     return 0;
 }
 
-void fs_cfg_format_duration(uint64_t usec, char *buf, size_t cap)
-{
-    static const unit_def parts[] = {{"d", 86400000000ull}, {"h", 3600000000ull},
-                                     {"min", 60000000},     {"s", 1000000},
-                                     {"ms", 1000},          {"us", 1}};
+void fs_cfg_format_duration(uint64_t usec, char *buf, size_t cap) {
+    static const unit_def parts[] = {{"d", 86400000000ull}, {"h", 3600000000ull}, {"min", 60000000},
+                                     {"s", 1000000},        {"ms", 1000},         {"us", 1}};
     if (cap == 0)
         return;
     if (usec == 0) {
@@ -282,10 +283,9 @@ void fs_cfg_format_duration(uint64_t usec, char *buf, size_t cap)
     }
 }
 
-void fs_cfg_format_size(uint64_t bytes, char *buf, size_t cap)
-{
-    static const unit_def parts[] = {{"TiB", 1ull << 40}, {"GiB", 1ull << 30}, {"MiB", 1ull << 20},
-                                     {"KiB", 1ull << 10}};
+void fs_cfg_format_size(uint64_t bytes, char *buf, size_t cap) {
+    static const unit_def parts[] = {
+        {"TiB", 1ull << 40}, {"GiB", 1ull << 30}, {"MiB", 1ull << 20}, {"KiB", 1ull << 10}};
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         if (bytes >= parts[i].mult && bytes % parts[i].mult == 0) {
             snprintf(buf, cap, "%" PRIu64 "%s", bytes / parts[i].mult, parts[i].name);
@@ -295,8 +295,7 @@ void fs_cfg_format_size(uint64_t bytes, char *buf, size_t cap)
     snprintf(buf, cap, "%" PRIu64 "B", bytes);
 }
 
-static bool all_digits(const char *s, size_t n)
-{
+static bool all_digits(const char *s, size_t n) {
     if (n == 0)
         return false;
     for (size_t i = 0; i < n; i++) {
@@ -306,8 +305,7 @@ static bool all_digits(const char *s, size_t n)
     return true;
 }
 
-int fs_cfg_check_endpoint(const char *s, fs_diag *d)
-{
+int fs_cfg_check_endpoint(const char *s, fs_diag *d) {
     char ex[80];
     if (strncmp(s, "ipc://", 6) == 0) {
         const char *p = s + 6;
@@ -316,7 +314,7 @@ int fs_cfg_check_endpoint(const char *s, fs_diag *d)
             return fs_diag_set(d, FS_EFORMAT,
                                "'%s': an ipc endpoint needs an absolute path or an @abstract name",
                                excerpt(s, ex, sizeof ex));
-        if (n < 2 || n > 107)   /* sun_path holds 108 bytes with the terminating NUL */
+        if (n < 2 || n > 107) /* sun_path holds 108 bytes with the terminating NUL */
             return fs_diag_set(d, FS_EFORMAT, "'%s': ipc path must be 1..107 characters",
                                excerpt(s, ex, sizeof ex));
         return 0;
@@ -337,7 +335,8 @@ int fs_cfg_check_endpoint(const char *s, fs_diag *d)
         return fs_diag_set(d, FS_EFORMAT, "'%s': port must be a number in 1..65535",
                            excerpt(s, ex, sizeof ex));
     if (hl == 0 || hl > 253)
-        return fs_diag_set(d, FS_EFORMAT, "'%s': missing or over-long host", excerpt(s, ex, sizeof ex));
+        return fs_diag_set(d, FS_EFORMAT, "'%s': missing or over-long host",
+                           excerpt(s, ex, sizeof ex));
     if (host[0] == '[') {
         if (hl < 3 || host[hl - 1] != ']')
             return fs_diag_set(d, FS_EFORMAT, "'%s': IPv6 address needs closing ']'",
@@ -360,8 +359,7 @@ int fs_cfg_check_endpoint(const char *s, fs_diag *d)
     return 0;
 }
 
-static bool valid_name(const char *s)
-{
+static bool valid_name(const char *s) {
     size_t n = strlen(s);
     if (n == 0 || n > FS_CFG_NAME_MAX || s[0] == '.' || s[0] == '-')
         return false;
@@ -380,22 +378,21 @@ static const char z85_alphabet[] =
 
 typedef struct {
     const fs_cfg_schema *s;
-    const char *file;      /* name for messages */
+    const char *file; /* name for messages */
     const char *text;
     size_t len;
     size_t pos;
     int lineno;
-    char raw[FS_CFG_MAX_LINE + 8];   /* current line without leading blanks and newline */
-    int *seen;             /* per schema key: line where it was set, 0 if not */
+    char raw[FS_CFG_MAX_LINE + 8]; /* current line without leading blanks and newline */
+    int *seen;                     /* per schema key: line where it was set, 0 if not */
     void *obj;
     fs_diag *d;
-    int err;               /* first error code, 0 if none */
+    int err; /* first error code, 0 if none */
 } loader;
 
 /* Records the first error only; later ones are consequences or can wait for the next run. */
 static int fail(loader *L, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(loader *L, int code, const char *fmt, ...)
-{
+static int fail(loader *L, int code, const char *fmt, ...) {
     if (L->err)
         return L->err;
     L->err = code;
@@ -409,13 +406,9 @@ static int fail(loader *L, int code, const char *fmt, ...)
     return code;
 }
 
-static void *field(void *obj, const fs_cfg_key *k)
-{
-    return (char *)obj + k->offset;
-}
+static void *field(void *obj, const fs_cfg_key *k) { return (char *)obj + k->offset; }
 
-static bool section_known(const fs_cfg_schema *s, const char *sec)
-{
+static bool section_known(const fs_cfg_schema *s, const char *sec) {
     for (size_t i = 0; i < s->n_keys; i++) {
         if (strcmp(s->keys[i].section, sec) == 0)
             return true;
@@ -423,8 +416,7 @@ static bool section_known(const fs_cfg_schema *s, const char *sec)
     return false;
 }
 
-static void list_sections(const fs_cfg_schema *s, char *buf, size_t cap)
-{
+static void list_sections(const fs_cfg_schema *s, char *buf, size_t cap) {
     size_t pos = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < s->n_keys; i++) {
@@ -441,8 +433,7 @@ static void list_sections(const fs_cfg_schema *s, char *buf, size_t cap)
 }
 
 /* Line reader handed to ini_parse_stream: one line per call, see the file comment. */
-static char *read_line(char *str, int num, void *stream)
-{
+static char *read_line(char *str, int num, void *stream) {
     loader *L = stream;
     if (L->err || L->pos >= L->len)
         return NULL;
@@ -456,7 +447,7 @@ static char *read_line(char *str, int num, void *stream)
         fail(L, FS_EFORMAT, "%s:%d: NUL byte in the line", L->file, L->lineno);
         return NULL;
     }
-    if (L->lineno == 1 && n >= 3 && memcmp(start, "\xEF\xBB\xBF", 3) == 0) {   /* UTF-8 BOM */
+    if (L->lineno == 1 && n >= 3 && memcmp(start, "\xEF\xBB\xBF", 3) == 0) { /* UTF-8 BOM */
         start += 3;
         n -= 3;
     }
@@ -466,7 +457,7 @@ static char *read_line(char *str, int num, void *stream)
     }
     while (n > 0 && is_blank(start[n - 1]))
         n--;
-    size_t cap = num > 3 ? (size_t)num - 3 : 0;   /* room for "\n\0" and libinih's own margin */
+    size_t cap = num > 3 ? (size_t)num - 3 : 0; /* room for "\n\0" and libinih's own margin */
     if (cap > FS_CFG_MAX_LINE)
         cap = FS_CFG_MAX_LINE;
     if (n > cap) {
@@ -487,8 +478,10 @@ static char *read_line(char *str, int num, void *stream)
                 return NULL;
             }
             if (close[1] != '\0') {
-                fail(L, FS_EFORMAT, "%s:%d: text after the section header (comments go on their "
-                     "own line)", L->file, L->lineno);
+                fail(L, FS_EFORMAT,
+                     "%s:%d: text after the section header (comments go on their "
+                     "own line)",
+                     L->file, L->lineno);
                 return NULL;
             }
             char sec[FS_CFG_MAX_LINE + 8];
@@ -521,8 +514,7 @@ static char *read_line(char *str, int num, void *stream)
     return str;
 }
 
-static size_t edit_distance(const char *a, const char *b)
-{
+static size_t edit_distance(const char *a, const char *b) {
     size_t la = strlen(a);
     size_t lb = strlen(b);
     if (la > 48 || lb > 48)
@@ -544,8 +536,7 @@ static size_t edit_distance(const char *a, const char *b)
     return prev[lb];
 }
 
-static int unknown_key(loader *L, const char *sec, const char *name)
-{
+static int unknown_key(loader *L, const char *sec, const char *name) {
     char ex[80];
     const fs_cfg_key *near = NULL;
     const fs_cfg_key *other = NULL;
@@ -573,8 +564,7 @@ static int unknown_key(loader *L, const char *sec, const char *name)
 }
 
 /* Parses `v` for key `k` into `dst` (the field). On error fills `d` with the problem alone. */
-static int set_value(const fs_cfg_key *k, const char *v, void *dst, fs_diag *d)
-{
+static int set_value(const fs_cfg_key *k, const char *v, void *dst, fs_diag *d) {
     char ex[80];
     int rc = 0;
     switch (k->type) {
@@ -666,7 +656,8 @@ static int set_value(const fs_cfg_key *k, const char *v, void *dst, fs_diag *d)
             if (w > 0 && (size_t)w < sizeof list - pos)
                 pos += (size_t)w;
         }
-        return fs_diag_set(d, FS_EFORMAT, "'%s' is not one of: %s", excerpt(v, ex, sizeof ex), list);
+        return fs_diag_set(d, FS_EFORMAT, "'%s' is not one of: %s", excerpt(v, ex, sizeof ex),
+                           list);
     }
     case FS_CFG_ENTRIES:
         FS_ASSERT(!"entries are handled by add_entry");
@@ -681,15 +672,15 @@ static int set_value(const fs_cfg_key *k, const char *v, void *dst, fs_diag *d)
     return 0;
 }
 
-static int add_entry(loader *L, const fs_cfg_key *k, const char *name, const char *v)
-{
+static int add_entry(loader *L, const fs_cfg_key *k, const char *name, const char *v) {
     char ex[80];
     char ex2[80];
     fs_cfg_entries *e = field(L->obj, k);
     if (!valid_name(name))
-        return fail(L, FS_EFORMAT, "%s:%d: [%s] %s: not a valid entry name (1..%d of A-Z a-z 0-9 "
-                    ". _ -)", L->file, L->lineno, k->section, excerpt(name, ex, sizeof ex),
-                    FS_CFG_NAME_MAX);
+        return fail(L, FS_EFORMAT,
+                    "%s:%d: [%s] %s: not a valid entry name (1..%d of A-Z a-z 0-9 "
+                    ". _ -)",
+                    L->file, L->lineno, k->section, excerpt(name, ex, sizeof ex), FS_CFG_NAME_MAX);
     for (size_t i = 0; i < e->n; i++) {
         if (strcmp(e->v[i].name, name) == 0)
             return fail(L, FS_EFORMAT, "%s:%d: [%s] %s: duplicate key (first set on line %d)",
@@ -727,17 +718,16 @@ static int add_entry(loader *L, const fs_cfg_key *k, const char *name, const cha
     en->path = dup_str(path);
     en->kind = kind;
     en->line = L->lineno;
-    e->n++;   /* counted before the check so fs_cfg_free releases a half-built entry */
+    e->n++; /* counted before the check so fs_cfg_free releases a half-built entry */
     if (!en->name || !en->path)
         return fail(L, FS_ENOMEM, "%s:%d: out of memory", L->file, L->lineno);
     return 0;
 }
 
-static int on_pair(void *user, const char *section, const char *name_in, const char *value_in)
-{
+static int on_pair(void *user, const char *section, const char *name_in, const char *value_in) {
     loader *L = user;
     if (L->err)
-        return 1;   /* the reader stops at the first error; nothing more to record */
+        return 1; /* the reader stops at the first error; nothing more to record */
     /* Re-derive name and value from the raw line: the value must be everything after the first
      * '=' or ':' exactly. A difference means libinih removed an inline comment. */
     char name[FS_CFG_MAX_LINE + 8];
@@ -806,15 +796,14 @@ static int on_pair(void *user, const char *section, const char *name_in, const c
 }
 
 /* "${VAR}rest" → getenv(VAR) + rest; NULL if VAR is unset or empty. Plain defaults are copied. */
-static bool expand_default(const char *def, char *out, size_t cap, const char **var)
-{
+static bool expand_default(const char *def, char *out, size_t cap, const char **var) {
     *var = NULL;
     if (strncmp(def, "${", 2) != 0) {
         snprintf(out, cap, "%s", def);
         return true;
     }
     const char *close = strchr(def, '}');
-    FS_ASSERT(close && (size_t)(close - def) < 64);   /* schema bug */
+    FS_ASSERT(close && (size_t)(close - def) < 64); /* schema bug */
     char name[64];
     memcpy(name, def + 2, (size_t)(close - def - 2));
     name[close - def - 2] = '\0';
@@ -825,15 +814,16 @@ static bool expand_default(const char *def, char *out, size_t cap, const char **
     return snprintf(out, cap, "%s%s", val, close + 1) < (int)cap;
 }
 
-static void finish(loader *L)
-{
+static void finish(loader *L) {
     for (size_t i = 0; i < L->s->n_keys && !L->err; i++) {
         const fs_cfg_key *k = &L->s->keys[i];
         if (k->type == FS_CFG_ENTRIES) {
             fs_cfg_entries *e = field(L->obj, k);
             if (k->min && e->n < (size_t)k->min)
-                fail(L, FS_EFORMAT, "%s: [%s]: at least %" PRId64 " entr%s required (NAME = "
-                     "KIND:PATH)", L->file, k->section, k->min, k->min == 1 ? "y is" : "ies are");
+                fail(L, FS_EFORMAT,
+                     "%s: [%s]: at least %" PRId64 " entr%s required (NAME = "
+                     "KIND:PATH)",
+                     L->file, k->section, k->min, k->min == 1 ? "y is" : "ies are");
             continue;
         }
         if (L->seen[i])
@@ -844,12 +834,14 @@ static void finish(loader *L)
         if (have) {
             fs_diag d = {0};
             if (set_value(k, buf, field(L->obj, k), &d) != 0)
-                fail(L, d.code, "%s: [%s] %s: default '%s'%s: %s", L->file, k->section, k->key,
-                     buf, var ? " (from the environment)" : "", d.msg);
+                fail(L, d.code, "%s: [%s] %s: default '%s'%s: %s", L->file, k->section, k->key, buf,
+                     var ? " (from the environment)" : "", d.msg);
         } else if (k->flags & FS_CFG_REQUIRED) {
             if (var)
-                fail(L, FS_EFORMAT, "%s: [%s] %s: missing required key (no default: $%.*s is not "
-                     "set)", L->file, k->section, k->key, (int)strcspn(var, "}"), var);
+                fail(L, FS_EFORMAT,
+                     "%s: [%s] %s: missing required key (no default: $%.*s is not "
+                     "set)",
+                     L->file, k->section, k->key, (int)strcspn(var, "}"), var);
             else
                 fail(L, FS_EFORMAT, "%s: [%s] %s: missing required key", L->file, k->section,
                      k->key);
@@ -866,8 +858,7 @@ typedef struct {
     bool stop_on_first;
 } inih_opts;
 
-static inih_opts inih_set(void)
-{
+static inih_opts inih_set(void) {
     inih_opts o = {ini_allow_inline_comments, ini_allow_multiline, ini_stop_on_first_error};
     ini_allow_inline_comments = false;
     ini_allow_multiline = false;
@@ -875,8 +866,7 @@ static inih_opts inih_set(void)
     return o;
 }
 
-static void inih_restore(inih_opts o)
-{
+static void inih_restore(inih_opts o) {
     ini_allow_inline_comments = o.inline_comments;
     ini_allow_multiline = o.multiline;
     ini_stop_on_first_error = o.stop_on_first;
@@ -884,8 +874,7 @@ static void inih_restore(inih_opts o)
 #endif
 
 int fs_cfg_load_string(const fs_cfg_schema *s, const char *name, const char *text, size_t len,
-                       void *out, fs_diag *d)
-{
+                       void *out, fs_diag *d) {
     FS_ASSERT(s && out && s->size > 0);
     loader L = {.s = s, .file = name ? name : "(config)", .text = text, .len = len, .d = d};
     L.obj = calloc(1, s->size);
@@ -924,8 +913,7 @@ int fs_cfg_load_string(const fs_cfg_schema *s, const char *name, const char *tex
     return 0;
 }
 
-int fs_cfg_load_file(const fs_cfg_schema *s, const char *path, void *out, fs_diag *d)
-{
+int fs_cfg_load_file(const fs_cfg_schema *s, const char *path, void *out, fs_diag *d) {
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = fs_read_file(path, FS_CFG_MAX_FILE, &buf, &len, d);
@@ -936,14 +924,12 @@ int fs_cfg_load_file(const fs_cfg_schema *s, const char *path, void *out, fs_dia
     return rc;
 }
 
-static bool is_string_type(fs_cfg_type t)
-{
+static bool is_string_type(fs_cfg_type t) {
     return t == FS_CFG_STRING || t == FS_CFG_PATH || t == FS_CFG_NAME || t == FS_CFG_Z85KEY ||
            t == FS_CFG_ENDPOINT;
 }
 
-void fs_cfg_free(const fs_cfg_schema *s, void *obj)
-{
+void fs_cfg_free(const fs_cfg_schema *s, void *obj) {
     if (!obj)
         return;
     for (size_t i = 0; i < s->n_keys; i++) {
@@ -967,14 +953,12 @@ void fs_cfg_free(const fs_cfg_schema *s, void *obj)
 }
 
 /* One "key = value" line; without the blanks when the line would otherwise be too long. */
-static void write_pair(FILE *f, const char *key, const char *prefix, const char *value)
-{
+static void write_pair(FILE *f, const char *key, const char *prefix, const char *value) {
     size_t n = strlen(key) + strlen(prefix) + strlen(value);
     fprintf(f, n + 3 > FS_CFG_MAX_LINE ? "%s=%s%s\n" : "%s = %s%s\n", key, prefix, value);
 }
 
-int fs_cfg_write(const fs_cfg_schema *s, const void *obj, FILE *f)
-{
+int fs_cfg_write(const fs_cfg_schema *s, const void *obj, FILE *f) {
     for (size_t i = 0; i < s->n_keys; i++) {
         const fs_cfg_key *k = &s->keys[i];
         if (i == 0 || strcmp(s->keys[i - 1].section, k->section) != 0)
@@ -1029,16 +1013,14 @@ int fs_cfg_write(const fs_cfg_schema *s, const void *obj, FILE *f)
     return ferror(f) ? FS_EIO : 0;
 }
 
-static bool str_eq(const char *a, const char *b)
-{
+static bool str_eq(const char *a, const char *b) {
     if (!a || !b)
         return a == b;
     return strcmp(a, b) == 0;
 }
 
 size_t fs_cfg_diff(const fs_cfg_schema *s, const void *a, const void *b,
-                   void (*cb)(const fs_cfg_key *key, void *ud), void *ud)
-{
+                   void (*cb)(const fs_cfg_key *key, void *ud), void *ud) {
     size_t n = 0;
     for (size_t i = 0; i < s->n_keys; i++) {
         const fs_cfg_key *k = &s->keys[i];
@@ -1088,8 +1070,7 @@ size_t fs_cfg_diff(const fs_cfg_schema *s, const void *a, const void *b,
     return n;
 }
 
-int fs_limits_validate(const fs_limits_config *l, fs_diag *d)
-{
+int fs_limits_validate(const fs_limits_config *l, fs_diag *d) {
     if (l->max_message < l->chunk_size + 4 * FS_KIB) {
         char a[32];
         char b[32];

@@ -19,19 +19,36 @@
 
 /* The [limits] section of both daemons; TYPE is the config struct with an fs_limits_config
  * member called `limits`. */
-#define FS_LIMITS_KEYS(TYPE)                                                                      \
-    {.section = "limits", .key = "chunk_size", .type = FS_CFG_SIZE, .def = "1MiB",                \
-     .offset = offsetof(TYPE, limits.chunk_size), .min = 4 * FS_KIB, .max = 64 * FS_MIB,          \
-     .doc = "bytes per chunk when a tensor is sent in pieces (4KiB..64MiB)"},                     \
-    {.section = "limits", .key = "max_message", .type = FS_CFG_SIZE, .def = "16MiB",              \
-     .offset = offsetof(TYPE, limits.max_message), .min = 64 * FS_KIB, .max = FS_GIB,             \
-     .doc = "largest message accepted (ZMQ_MAXMSGSIZE; must exceed chunk_size by 4KiB)"},         \
-    {.section = "limits", .key = "max_frames", .type = FS_CFG_INT, .def = "16",                   \
-     .offset = offsetof(TYPE, limits.max_frames), .min = 1, .max = 1024,                          \
-     .doc = "most frames in one multipart message (1..1024)"},                                    \
-    {.section = "limits", .key = "max_protocol_errors", .type = FS_CFG_INT, .def = "10",          \
-     .offset = offsetof(TYPE, limits.max_protocol_errors), .min = 0, .max = 1000000,              \
-     .doc = "malformed messages tolerated from one peer in a round before it is dropped"}
+#define FS_LIMITS_KEYS(TYPE)                                                                       \
+    {.section = "limits",                                                                          \
+     .key = "chunk_size",                                                                          \
+     .type = FS_CFG_SIZE,                                                                          \
+     .def = "1MiB",                                                                                \
+     .offset = offsetof(TYPE, limits.chunk_size),                                                  \
+     .min = 4 * FS_KIB,                                                                            \
+     .max = 64 * FS_MIB,                                                                           \
+     .doc = "bytes per chunk when a tensor is sent in pieces (4KiB..64MiB)"},                      \
+        {.section = "limits",                                                                      \
+         .key = "max_message",                                                                     \
+         .type = FS_CFG_SIZE,                                                                      \
+         .def = "16MiB",                                                                           \
+         .offset = offsetof(TYPE, limits.max_message),                                             \
+         .min = 64 * FS_KIB,                                                                       \
+         .max = FS_GIB,                                                                            \
+         .doc = "largest message accepted (ZMQ_MAXMSGSIZE; must exceed chunk_size by 4KiB)"},      \
+        {.section = "limits",                                                                      \
+         .key = "max_frames",                                                                      \
+         .type = FS_CFG_INT,                                                                       \
+         .def = "16",                                                                              \
+         .offset = offsetof(TYPE, limits.max_frames),                                              \
+         .min = 1,                                                                                 \
+         .max = 1024,                                                                              \
+         .doc = "most frames in one multipart message (1..1024)"},                                 \
+    {                                                                                              \
+        .section = "limits", .key = "max_protocol_errors", .type = FS_CFG_INT, .def = "10",        \
+        .offset = offsetof(TYPE, limits.max_protocol_errors), .min = 0, .max = 1000000,            \
+        .doc = "malformed messages tolerated from one peer in a round before it is dropped"        \
+    }
 
 /* Cross-key checks of [limits]: 0 or FS_EFORMAT with "[limits] ...: problem" in d. */
 int fs_limits_validate(const fs_limits_config *l, fs_diag *d);

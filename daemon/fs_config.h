@@ -1,12 +1,12 @@
 /*
  * fs_config.h — schema-driven INI configuration for the fedslim daemons (DESIGN "Daemon plumbing").
  *
- * A schema is a table of keys: {section, key, type, default, flags, offset into the caller's struct,
- * range or choices, one-line doc}. The loader (config.c, on libinih) parses a file into a FRESH struct,
- * applies defaults, checks every value and every required key, and copies the result to the caller
- * only when everything is valid. Errors read "FILE:LINE: [section] key: problem" (missing keys:
- * "FILE: [section] key: missing required key"). Unknown sections and keys, duplicate keys, empty
- * values and lines the INI syntax cannot parse are all errors.
+ * A schema is a table of keys: {section, key, type, default, flags, offset into the caller's
+ * struct, range or choices, one-line doc}. The loader (config.c, on libinih) parses a file into a
+ * FRESH struct, applies defaults, checks every value and every required key, and copies the result
+ * to the caller only when everything is valid. Errors read "FILE:LINE: [section] key: problem"
+ * (missing keys: "FILE: [section] key: missing required key"). Unknown sections and keys, duplicate
+ * keys, empty values and lines the INI syntax cannot parse are all errors.
  *
  * Syntax accepted: "[section]" headers, "key = value" lines, comments only on lines whose first
  * non-blank character is '#' or ';'. Everything after the first '=' (trimmed) is the value, taken
@@ -15,8 +15,8 @@
  * limited to FS_CFG_MAX_LINE characters; files to FS_CFG_MAX_FILE bytes.
  *
  * Reload: load the new file into a new struct; on success free the old one and swap; on error keep
- * the old one (nothing of it was touched). fs_cfg_diff lists what changed so the caller can log keys
- * flagged FS_CFG_RESTART ("takes effect after a restart").
+ * the old one (nothing of it was touched). fs_cfg_diff lists what changed so the caller can log
+ * keys flagged FS_CFG_RESTART ("takes effect after a restart").
  *
  * Thread-safety: loading uses libinih's process-wide option variables (Debian's libinih exposes
  * them) and restores them afterwards: load configurations from one thread at a time (the main
@@ -32,56 +32,56 @@
 
 #include "fs_util.h"
 
-#define FS_CFG_MAX_LINE 196          /* characters per line, without the newline (libinih limit) */
-#define FS_CFG_MAX_FILE (1u << 20)   /* bytes per file */
-#define FS_CFG_MAX_ENTRIES 64        /* entries in one FS_CFG_ENTRIES section */
-#define FS_CFG_NAME_MAX 64           /* FS_CFG_NAME values and entry names */
+#define FS_CFG_MAX_LINE 196        /* characters per line, without the newline (libinih limit) */
+#define FS_CFG_MAX_FILE (1u << 20) /* bytes per file */
+#define FS_CFG_MAX_ENTRIES 64      /* entries in one FS_CFG_ENTRIES section */
+#define FS_CFG_NAME_MAX 64         /* FS_CFG_NAME values and entry names */
 
 /* Value types and the C type each one stores at `offset` in the caller's struct. */
 typedef enum {
-    FS_CFG_STRING = 1,   /* char * (owned), any non-empty text */
-    FS_CFG_PATH,         /* char * (owned), an absolute path */
-    FS_CFG_NAME,         /* char * (owned), 1..64 of [A-Za-z0-9._-], not starting with '.' or '-' */
-    FS_CFG_Z85KEY,       /* char * (owned), a CURVE public key: exactly 40 Z85 characters */
-    FS_CFG_ENDPOINT,     /* char * (owned), "tcp://HOST:PORT" (HOST: name, IPv4, [IPv6] or *) or
-                            "ipc:///abs/path" / "ipc://@abstract" */
-    FS_CFG_INT,          /* int64_t, decimal, within [min, max] */
-    FS_CFG_DOUBLE,       /* double, finite, within [dmin, dmax] */
-    FS_CFG_BOOL,         /* bool: yes/no, true/false, on/off, 1/0 (any case) */
-    FS_CFG_DURATION,     /* uint64_t microseconds: "30s", "500ms", "1min 30s", "2h", "100us"; a
-                            bare number is an error (which unit?); within [min, max] µs */
-    FS_CFG_SIZE,         /* uint64_t bytes: "4MiB", "512KiB", "64 KiB", "1G" (binary), "10MB"
-                            (decimal), "4096" (bytes); within [min, max] bytes */
-    FS_CFG_ENUM,         /* int: index into `choices` (exact, case-sensitive match) */
-    FS_CFG_ENTRIES,      /* fs_cfg_entries: every key of the section is an entry
-                            "NAME = KIND:PATH" with KIND from `choices`, NAME as FS_CFG_NAME and
-                            PATH absolute; `min`/`max` bound the number of entries */
+    FS_CFG_STRING = 1, /* char * (owned), any non-empty text */
+    FS_CFG_PATH,       /* char * (owned), an absolute path */
+    FS_CFG_NAME,       /* char * (owned), 1..64 of [A-Za-z0-9._-], not starting with '.' or '-' */
+    FS_CFG_Z85KEY,     /* char * (owned), a CURVE public key: exactly 40 Z85 characters */
+    FS_CFG_ENDPOINT,   /* char * (owned), "tcp://HOST:PORT" (HOST: name, IPv4, [IPv6] or *) or
+                          "ipc:///abs/path" / "ipc://@abstract" */
+    FS_CFG_INT,        /* int64_t, decimal, within [min, max] */
+    FS_CFG_DOUBLE,     /* double, finite, within [dmin, dmax] */
+    FS_CFG_BOOL,       /* bool: yes/no, true/false, on/off, 1/0 (any case) */
+    FS_CFG_DURATION,   /* uint64_t microseconds: "30s", "500ms", "1min 30s", "2h", "100us"; a
+                          bare number is an error (which unit?); within [min, max] µs */
+    FS_CFG_SIZE,       /* uint64_t bytes: "4MiB", "512KiB", "64 KiB", "1G" (binary), "10MB"
+                          (decimal), "4096" (bytes); within [min, max] bytes */
+    FS_CFG_ENUM,       /* int: index into `choices` (exact, case-sensitive match) */
+    FS_CFG_ENTRIES,    /* fs_cfg_entries: every key of the section is an entry
+                          "NAME = KIND:PATH" with KIND from `choices`, NAME as FS_CFG_NAME and
+                          PATH absolute; `min`/`max` bound the number of entries */
 } fs_cfg_type;
 
 enum {
-    FS_CFG_REQUIRED = 1u << 0,   /* no usable default: the file must set it */
-    FS_CFG_RESTART = 1u << 1,    /* a reload cannot apply it: the daemon must restart */
+    FS_CFG_REQUIRED = 1u << 0, /* no usable default: the file must set it */
+    FS_CFG_RESTART = 1u << 1,  /* a reload cannot apply it: the daemon must restart */
 };
 
 typedef struct fs_cfg_key {
     const char *section;
-    const char *key;             /* FS_CFG_ENTRIES: "*" (any key of the section) */
+    const char *key; /* FS_CFG_ENTRIES: "*" (any key of the section) */
     fs_cfg_type type;
     /* Default as text, parsed like a value from the file. NULL: no default (the field stays
      * NULL/0/false). A default starting with "${VAR}" expands VAR from the environment; when VAR
      * is unset or empty the key has no default. */
     const char *def;
-    unsigned flags;              /* FS_CFG_REQUIRED, FS_CFG_RESTART */
-    size_t offset;               /* offsetof(struct, field) */
-    int64_t min, max;            /* INT, DURATION (µs), SIZE (bytes), ENTRIES (count); 0,0 = none */
-    double dmin, dmax;           /* DOUBLE */
-    const char *const *choices;  /* ENUM and ENTRIES kinds: NULL-terminated */
-    const char *doc;             /* one line, for docs and --help */
+    unsigned flags;             /* FS_CFG_REQUIRED, FS_CFG_RESTART */
+    size_t offset;              /* offsetof(struct, field) */
+    int64_t min, max;           /* INT, DURATION (µs), SIZE (bytes), ENTRIES (count); 0,0 = none */
+    double dmin, dmax;          /* DOUBLE */
+    const char *const *choices; /* ENUM and ENTRIES kinds: NULL-terminated */
+    const char *doc;            /* one line, for docs and --help */
 } fs_cfg_key;
 
 typedef struct {
-    const char *name;            /* "coordinator", "agent": for messages */
-    size_t size;                 /* sizeof the caller's struct */
+    const char *name; /* "coordinator", "agent": for messages */
+    size_t size;      /* sizeof the caller's struct */
     const fs_cfg_key *keys;
     size_t n_keys;
     /* Checks between keys, run after every key is set (NULL: none). Returns 0 or FS_EFORMAT
@@ -91,14 +91,14 @@ typedef struct {
 
 /* One "NAME = KIND:PATH" line of an FS_CFG_ENTRIES section. */
 typedef struct {
-    char *name;                  /* owned */
-    int kind;                    /* index into the key's `choices` */
-    char *path;                  /* owned, absolute */
-    int line;                    /* line of the file it came from */
+    char *name; /* owned */
+    int kind;   /* index into the key's `choices` */
+    char *path; /* owned, absolute */
+    int line;   /* line of the file it came from */
 } fs_cfg_entry;
 
 typedef struct {
-    fs_cfg_entry *v;             /* owned array of n */
+    fs_cfg_entry *v; /* owned array of n */
     size_t n;
 } fs_cfg_entries;
 
@@ -131,7 +131,8 @@ FS_MUST_CHECK int fs_cfg_write(const fs_cfg_schema *s, const void *obj, FILE *f)
 
 /* Value parsers used by the loader, exported for the CLI and tests. 0 or FS_EFORMAT; `d` gets
  * the problem alone (e.g. "'4Mb' is not a size: unknown unit 'Mb' (B, KiB, MiB, GiB, TiB, kB, MB,
- * GB, TB)"); the loader prefixes file, line, section and key. Out-params written on success only. */
+ * GB, TB)"); the loader prefixes file, line, section and key. Out-params written on success only.
+ */
 FS_MUST_CHECK int fs_cfg_parse_duration(const char *s, uint64_t *usec, fs_diag *d);
 FS_MUST_CHECK int fs_cfg_parse_size(const char *s, uint64_t *bytes, fs_diag *d);
 FS_MUST_CHECK int fs_cfg_parse_bool(const char *s, bool *v, fs_diag *d);
@@ -151,29 +152,29 @@ int fs_cfg_log_level(int index);
 
 /* [limits], shared by both daemons. */
 typedef struct {
-    uint64_t chunk_size;          /* bytes per tensor chunk on the wire */
-    uint64_t max_message;         /* bytes: ZMQ_MAXMSGSIZE and the decoder's ceiling */
-    int64_t max_frames;           /* frames per multipart message */
-    int64_t max_protocol_errors;  /* per peer and round before it is quarantined */
+    uint64_t chunk_size;         /* bytes per tensor chunk on the wire */
+    uint64_t max_message;        /* bytes: ZMQ_MAXMSGSIZE and the decoder's ceiling */
+    int64_t max_frames;          /* frames per multipart message */
+    int64_t max_protocol_errors; /* per peer and round before it is quarantined */
 } fs_limits_config;
 
 typedef struct fs_coord_config {
     /* [coordinator] */
-    char *listen;                 /* endpoint, required */
-    char *secret_key;             /* path; default $CREDENTIALS_DIRECTORY/coordinator.key */
-    char *public_key;             /* Z85 or NULL */
-    char *allow_list;             /* path */
-    char *state_dir;              /* path */
-    char *control_socket;         /* path */
-    char *control_group;          /* group name */
+    char *listen;         /* endpoint, required */
+    char *secret_key;     /* path; default $CREDENTIALS_DIRECTORY/coordinator.key */
+    char *public_key;     /* Z85 or NULL */
+    char *allow_list;     /* path */
+    char *state_dir;      /* path */
+    char *control_socket; /* path */
+    char *control_group;  /* group name */
     int64_t threads;
-    int log_level;                /* index into fs_cfg_log_levels */
+    int log_level; /* index into fs_cfg_log_levels */
     /* [limits] */
     fs_limits_config limits;
     /* [jobs] */
-    int64_t default_quorum;       /* 0 = every agent the job names */
-    uint64_t step_timeout;        /* µs */
-    uint64_t heartbeat_interval;  /* µs */
+    int64_t default_quorum;      /* 0 = every agent the job names */
+    uint64_t step_timeout;       /* µs */
+    uint64_t heartbeat_interval; /* µs */
     bool checkpoint;
 } fs_coord_config;
 
@@ -183,12 +184,12 @@ extern const char *const fs_agent_dataset_kinds[];
 
 typedef struct fs_agent_config {
     /* [agent] */
-    char *name;                   /* required */
-    char *coordinator;            /* endpoint, required */
-    char *coordinator_public_key; /* Z85: the pinned server key ... */
+    char *name;                        /* required */
+    char *coordinator;                 /* endpoint, required */
+    char *coordinator_public_key;      /* Z85: the pinned server key ... */
     char *coordinator_public_key_file; /* ... or the path of its .pub file: exactly one is set */
-    char *secret_key;             /* path; default $CREDENTIALS_DIRECTORY/agent.key */
-    char *public_key;             /* Z85 or NULL */
+    char *secret_key;                  /* path; default $CREDENTIALS_DIRECTORY/agent.key */
+    char *public_key;                  /* Z85 or NULL */
     char *state_dir;
     int64_t threads;
     int log_level;

@@ -64,20 +64,20 @@ void fs_log_journal_sink(int level, const char *file, int line, const char *func
 /* Each returns 1 if the message was delivered, 0 if NOTIFY_SOCKET is unset (not under systemd),
  * FS_ESYS if sending failed (logged once per process). Status texts are one line: newlines and
  * other control characters become spaces, at most 200 characters are sent. */
-int fs_notify_ready(const char *status);                 /* READY=1 + STATUS= */
-int fs_notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));   /* STATUS= */
-int fs_notify_reloading(void);                           /* RELOADING=1 + MONOTONIC_USEC= + STATUS= */
-int fs_notify_stopping(const char *status);              /* STOPPING=1 + STATUS= */
-int fs_notify_extend_timeout(uint64_t usec);             /* EXTEND_TIMEOUT_USEC= */
-int fs_notify_failed(int errnum, const char *status);    /* STATUS=failed: ... + ERRNO= */
+int fs_notify_ready(const char *status); /* READY=1 + STATUS= */
+int fs_notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* STATUS= */
+int fs_notify_reloading(void);                        /* RELOADING=1 + MONOTONIC_USEC= + STATUS= */
+int fs_notify_stopping(const char *status);           /* STOPPING=1 + STATUS= */
+int fs_notify_extend_timeout(uint64_t usec);          /* EXTEND_TIMEOUT_USEC= */
+int fs_notify_failed(int errnum, const char *status); /* STATUS=failed: ... + ERRNO= */
 
 /* The watchdog, driven by the main loop: init once, then each time round the loop
  * `if (fs_watchdog_due(&w, now)) fs_watchdog_ping(&w, now);` and include fs_watchdog_deadline(&w)
  * in the poll timeout. Plain data owned by the loop. */
 typedef struct {
     bool enabled;
-    uint64_t interval_usec;   /* WATCHDOG_USEC / 2 */
-    uint64_t next_usec;       /* fs_now_usec() time of the next ping */
+    uint64_t interval_usec; /* WATCHDOG_USEC / 2 */
+    uint64_t next_usec;     /* fs_now_usec() time of the next ping */
 } fs_watchdog;
 
 /* Reads WATCHDOG_USEC (and WATCHDOG_PID) via sd_watchdog_enabled. The first ping is due at

@@ -21,8 +21,7 @@
 
 static char g_ident[64] = "fedslim";
 
-bool fs_journal_field_name_valid(const char *name)
-{
+bool fs_journal_field_name_valid(const char *name) {
     size_t n = name ? strlen(name) : 0;
     if (n == 0 || n > 64 || name[0] == '_' || (name[0] >= '0' && name[0] <= '9'))
         return false;
@@ -35,8 +34,7 @@ bool fs_journal_field_name_valid(const char *name)
 }
 
 /* Fields the sink sets itself: a pair with one of these names would add a second value. */
-static bool reserved(const char *name)
-{
+static bool reserved(const char *name) {
     static const char *const own[] = {"MESSAGE",   "PRIORITY",  "SYSLOG_IDENTIFIER",
                                       "CODE_FILE", "CODE_LINE", "CODE_FUNC"};
     for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
@@ -50,8 +48,7 @@ static bool reserved(const char *name)
  * returns false (after appending what fits) when it is full. */
 static bool append(fs_journal_record *r, size_t stop, size_t *len, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-static bool append(fs_journal_record *r, size_t stop, size_t *len, const char *fmt, ...)
-{
+static bool append(fs_journal_record *r, size_t stop, size_t *len, const char *fmt, ...) {
     if (stop > sizeof r->buf)
         stop = sizeof r->buf;
     if (r->used + 1 >= stop)
@@ -69,23 +66,20 @@ static bool append(fs_journal_record *r, size_t stop, size_t *len, const char *f
     return (size_t)k < room;
 }
 
-static void begin(fs_journal_record *r, size_t *len)
-{
+static void begin(fs_journal_record *r, size_t *len) {
     r->iov[r->n].iov_base = r->buf + r->used;
     *len = 0;
 }
 
-static void end(fs_journal_record *r, size_t len)
-{
+static void end(fs_journal_record *r, size_t len) {
     r->iov[r->n].iov_len = len;
     r->n++;
     if (r->used < sizeof r->buf)
-        r->used++;   /* keep a NUL between fields: the buffer stays printable for tests */
+        r->used++; /* keep a NUL between fields: the buffer stays printable for tests */
 }
 
 void fs_journal_record_build(fs_journal_record *r, const char *ident, int level, const char *file,
-                             int line, const char *func, const char *msg, const char *const *kv)
-{
+                             int line, const char *func, const char *msg, const char *const *kv) {
     size_t len;
     r->n = 0;
     r->used = 0;
@@ -125,7 +119,7 @@ void fs_journal_record_build(fs_journal_record *r, const char *ident, int level,
         if (r->n >= FS_JOURNAL_MAX_FIELDS || r->used + 2 >= sizeof r->buf)
             break;
         if (!fs_journal_field_name_valid(p[0]) || reserved(p[0]))
-            continue;   /* already in MESSAGE; journald would drop or double it */
+            continue; /* already in MESSAGE; journald would drop or double it */
         begin(r, &len);
         append(r, all, &len, "%s=%s", p[0], p[1]);
         end(r, len);
@@ -133,8 +127,7 @@ void fs_journal_record_build(fs_journal_record *r, const char *ident, int level,
 }
 
 void fs_log_journal_sink(int level, const char *file, int line, const char *func, const char *msg,
-                         const char *const *kv, void *ud)
-{
+                         const char *const *kv, void *ud) {
     /* 8 KiB arena: static would not be reentrant across threads; the stack is fine here */
     fs_journal_record r;
     fs_journal_record_build(&r, ud ? (const char *)ud : "fedslim", level, file, line, func, msg,
@@ -145,8 +138,7 @@ void fs_log_journal_sink(int level, const char *file, int line, const char *func
     }
 }
 
-bool fs_log_fd_is_journal(int fd)
-{
+bool fs_log_fd_is_journal(int fd) {
     const char *e = getenv("JOURNAL_STREAM");
     if (!e || !e[0])
         return false;
@@ -165,8 +157,7 @@ bool fs_log_fd_is_journal(int fd)
     return (uintmax_t)st.st_dev == dev && (uintmax_t)st.st_ino == ino;
 }
 
-bool fs_log_setup(const char *ident, int max_level)
-{
+bool fs_log_setup(const char *ident, int max_level) {
     snprintf(g_ident, sizeof g_ident, "%s", ident && ident[0] ? ident : "fedslim");
     fs_log_set_level(max_level);
     if (fs_log_fd_is_journal(STDERR_FILENO)) {

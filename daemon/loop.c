@@ -7,8 +7,7 @@
 
 #include "fs_daemon.h"
 
-long fs_loop_timeout_ms(uint64_t now_usec, const uint64_t *deadlines_usec, size_t n)
-{
+long fs_loop_timeout_ms(uint64_t now_usec, const uint64_t *deadlines_usec, size_t n) {
     uint64_t earliest = 0;
     for (size_t i = 0; i < n; i++) {
         if (deadlines_usec[i] != 0 && (earliest == 0 || deadlines_usec[i] < earliest))

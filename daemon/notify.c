@@ -14,10 +14,9 @@
 
 #define STATUS_MAX 200
 
-static bool g_warned;   /* one warning per process for a broken NOTIFY_SOCKET */
+static bool g_warned; /* one warning per process for a broken NOTIFY_SOCKET */
 
-static int send_state(const char *state)
-{
+static int send_state(const char *state) {
     int rc = sd_notify(0, state);
     if (rc > 0)
         return 1;
@@ -33,8 +32,7 @@ static int send_state(const char *state)
 }
 
 /* Copies `in` as one line of at most STATUS_MAX characters. */
-static void one_line(char *out, size_t cap, const char *in)
-{
+static void one_line(char *out, size_t cap, const char *in) {
     size_t n = 0;
     for (; in && in[n] && n + 1 < cap && n < STATUS_MAX; n++) {
         unsigned char c = (unsigned char)in[n];
@@ -43,8 +41,7 @@ static void one_line(char *out, size_t cap, const char *in)
     out[n] = '\0';
 }
 
-int fs_notify_ready(const char *status)
-{
+int fs_notify_ready(const char *status) {
     char line[STATUS_MAX + 1];
     char msg[STATUS_MAX + 32];
     one_line(line, sizeof line, status);
@@ -52,8 +49,7 @@ int fs_notify_ready(const char *status)
     return send_state(msg);
 }
 
-int fs_notify_status(const char *fmt, ...)
-{
+int fs_notify_status(const char *fmt, ...) {
     char text[STATUS_MAX + 1];
     char line[STATUS_MAX + 1];
     char msg[STATUS_MAX + 32];
@@ -66,17 +62,16 @@ int fs_notify_status(const char *fmt, ...)
     return send_state(msg);
 }
 
-int fs_notify_reloading(void)
-{
+int fs_notify_reloading(void) {
     /* MONOTONIC_USEC is CLOCK_MONOTONIC in µs: systemd >= 253 wants it, 252 ignores it */
     char msg[128];
-    snprintf(msg, sizeof msg, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=reloading configuration",
+    snprintf(msg, sizeof msg,
+             "RELOADING=1\nMONOTONIC_USEC=%" PRIu64 "\nSTATUS=reloading configuration",
              fs_now_usec());
     return send_state(msg);
 }
 
-int fs_notify_stopping(const char *status)
-{
+int fs_notify_stopping(const char *status) {
     char line[STATUS_MAX + 1];
     char msg[STATUS_MAX + 32];
     one_line(line, sizeof line, status);
@@ -84,15 +79,13 @@ int fs_notify_stopping(const char *status)
     return send_state(msg);
 }
 
-int fs_notify_extend_timeout(uint64_t usec)
-{
+int fs_notify_extend_timeout(uint64_t usec) {
     char msg[64];
     snprintf(msg, sizeof msg, "EXTEND_TIMEOUT_USEC=%" PRIu64, usec);
     return send_state(msg);
 }
 
-int fs_notify_failed(int errnum, const char *status)
-{
+int fs_notify_failed(int errnum, const char *status) {
     char line[STATUS_MAX + 1];
     char msg[STATUS_MAX + 64];
     one_line(line, sizeof line, status);
@@ -103,8 +96,7 @@ int fs_notify_failed(int errnum, const char *status)
     return send_state(msg);
 }
 
-bool fs_watchdog_init(fs_watchdog *w, uint64_t now_usec)
-{
+bool fs_watchdog_init(fs_watchdog *w, uint64_t now_usec) {
     uint64_t usec = 0;
     memset(w, 0, sizeof *w);
     /* > 0 only if WATCHDOG_USEC is set and WATCHDOG_PID (if set) is this process */
@@ -116,33 +108,26 @@ bool fs_watchdog_init(fs_watchdog *w, uint64_t now_usec)
     return w->enabled;
 }
 
-bool fs_watchdog_due(const fs_watchdog *w, uint64_t now_usec)
-{
+bool fs_watchdog_due(const fs_watchdog *w, uint64_t now_usec) {
     return w->enabled && now_usec >= w->next_usec;
 }
 
-int fs_watchdog_ping(fs_watchdog *w, uint64_t now_usec)
-{
+int fs_watchdog_ping(fs_watchdog *w, uint64_t now_usec) {
     if (!w->enabled)
         return 0;
     w->next_usec = now_usec + w->interval_usec;
     return send_state("WATCHDOG=1");
 }
 
-int fs_watchdog_maybe(fs_watchdog *w)
-{
+int fs_watchdog_maybe(fs_watchdog *w) {
     uint64_t now = fs_now_usec();
     if (!fs_watchdog_due(w, now))
         return 0;
     return fs_watchdog_ping(w, now);
 }
 
-int fs_watchdog_trigger(void)
-{
-    return send_state("WATCHDOG=trigger");
-}
+int fs_watchdog_trigger(void) { return send_state("WATCHDOG=trigger"); }
 
-uint64_t fs_watchdog_deadline(const fs_watchdog *w)
-{
+uint64_t fs_watchdog_deadline(const fs_watchdog *w) {
     return w->enabled ? (w->next_usec ? w->next_usec : 1) : 0;
 }

@@ -16,8 +16,7 @@
 static int g_pipe[2] = {-1, -1};
 static const int g_signals[] = {SIGTERM, SIGINT, SIGHUP};
 
-static void on_signal(int signo)
-{
+static void on_signal(int signo) {
     /* async-signal-safe: write(2) and errno only; a full pipe drops the byte */
     int saved = errno;
     unsigned char b = (unsigned char)signo;
@@ -26,8 +25,7 @@ static void on_signal(int signo)
     errno = saved;
 }
 
-int fs_signals_install(fs_diag *d)
-{
+int fs_signals_install(fs_diag *d) {
     if (g_pipe[0] >= 0)
         return 0;
     if (pipe2(g_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -65,13 +63,9 @@ int fs_signals_install(fs_diag *d)
     return 0;
 }
 
-int fs_signal_fd(void)
-{
-    return g_pipe[0];
-}
+int fs_signal_fd(void) { return g_pipe[0]; }
 
-int fs_signal_next(void)
-{
+int fs_signal_next(void) {
     if (g_pipe[0] < 0)
         return 0;
     unsigned char b;
@@ -81,12 +75,11 @@ int fs_signal_next(void)
             return b;
         if (r < 0 && errno == EINTR)
             continue;
-        return 0;   /* EAGAIN: nothing pending */
+        return 0; /* EAGAIN: nothing pending */
     }
 }
 
-void fs_signals_uninstall(void)
-{
+void fs_signals_uninstall(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = SIG_DFL;

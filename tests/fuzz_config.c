@@ -9,8 +9,7 @@
 #include "fs_config.h"
 
 /* A loaded configuration written out and loaded again must be equal to itself. */
-static void roundtrip(const fs_cfg_schema *s, const void *obj)
-{
+static void roundtrip(const fs_cfg_schema *s, const void *obj) {
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
@@ -31,11 +30,11 @@ static void roundtrip(const fs_cfg_schema *s, const void *obj)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fs_diag d = {0};
     fs_coord_config c;
-    if (fs_cfg_load_string(&fs_coord_config_schema, "fuzz", (const char *)data, size, &c, &d) == 0) {
+    if (fs_cfg_load_string(&fs_coord_config_schema, "fuzz", (const char *)data, size, &c, &d) ==
+        0) {
         /* invariants of a loaded coordinator config */
         if (!c.listen || !c.secret_key || c.threads < 1 || c.heartbeat_interval >= c.step_timeout ||
             c.limits.max_message < c.limits.chunk_size)
@@ -45,11 +44,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         roundtrip(&fs_coord_config_schema, &c);
         fs_coord_config_free(&c);
     } else if (d.msg[0] == '\0') {
-        abort();   /* every error explains itself */
+        abort(); /* every error explains itself */
     }
     memset(&d, 0, sizeof d);
     fs_agent_config a;
-    if (fs_cfg_load_string(&fs_agent_config_schema, "fuzz", (const char *)data, size, &a, &d) == 0) {
+    if (fs_cfg_load_string(&fs_agent_config_schema, "fuzz", (const char *)data, size, &a, &d) ==
+        0) {
         if (!a.name || !a.coordinator || a.data.n < 1 ||
             !a.coordinator_public_key == !a.coordinator_public_key_file ||
             (a.coordinator_public_key && strlen(a.coordinator_public_key) != 40))

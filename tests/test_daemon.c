@@ -2,10 +2,10 @@
  * JOURNAL_STREAM test, signals through the self-pipe, the loop timeout helper, the watchdog
  * settings and the notify messages (sent to a datagram socket this test binds). The out-of-process
  * daemon behaviour is test_daemon_notify. */
+#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <cmocka.h>
 
 #include <errno.h>
 #include <poll.h>
@@ -20,24 +20,22 @@
 
 #include "fs_daemon.h"
 
-static const char *field(const fs_journal_record *r, int i, char *buf, size_t cap)
-{
+static const char *field(const fs_journal_record *r, int i, char *buf, size_t cap) {
     size_t n = r->iov[i].iov_len < cap - 1 ? r->iov[i].iov_len : cap - 1;
     memcpy(buf, r->iov[i].iov_base, n);
     buf[n] = '\0';
     return buf;
 }
 
-static void journal_field_names(void **state)
-{
+static void journal_field_names(void **state) {
     (void)state;
     assert_true(fs_journal_field_name_valid("JOB"));
     assert_true(fs_journal_field_name_valid("ROUND"));
     assert_true(fs_journal_field_name_valid("AGENT_2"));
     assert_true(fs_journal_field_name_valid("A"));
-    assert_false(fs_journal_field_name_valid("_PID"));      /* trusted fields */
-    assert_false(fs_journal_field_name_valid("job"));       /* lower case */
-    assert_false(fs_journal_field_name_valid("2ND"));       /* leading digit */
+    assert_false(fs_journal_field_name_valid("_PID")); /* trusted fields */
+    assert_false(fs_journal_field_name_valid("job"));  /* lower case */
+    assert_false(fs_journal_field_name_valid("2ND"));  /* leading digit */
     assert_false(fs_journal_field_name_valid("JOB-ID"));
     assert_false(fs_journal_field_name_valid(""));
     assert_false(fs_journal_field_name_valid(NULL));
@@ -49,11 +47,10 @@ static void journal_field_names(void **state)
     assert_true(fs_journal_field_name_valid(longname));
 }
 
-static void journal_record_fields(void **state)
-{
+static void journal_record_fields(void **state) {
     (void)state;
-    const char *kv[] = {"JOB", "7f3a", "ROUND", "12", "agent", "site b", "_PID", "1",
-                        "MESSAGE", "x", "REASON", "round 11 != 12", NULL};
+    const char *kv[] = {"JOB", "7f3a",    "ROUND", "12",     "agent",          "site b", "_PID",
+                        "1",   "MESSAGE", "x",     "REASON", "round 11 != 12", NULL};
     fs_journal_record r;
     fs_journal_record_build(&r, "fedslim-coordinator", FS_LOG_WARNING, "coordinator/job.c", 88,
                             "on_msg", "protocol error", kv);
@@ -72,8 +69,7 @@ static void journal_record_fields(void **state)
     assert_string_equal(field(&r, 8, b, sizeof b), "REASON=round 11 != 12");
 }
 
-static void journal_record_limits(void **state)
-{
+static void journal_record_limits(void **state) {
     (void)state;
     /* a huge value and many pairs: the record stays within its arena and field count */
     static char big[20000];
@@ -101,11 +97,10 @@ static void journal_record_limits(void **state)
     char b[64];
     assert_string_equal(field(&r, 1, b, sizeof b), "PRIORITY=7");
     assert_string_equal(field(&r, 2, b, sizeof b), "SYSLOG_IDENTIFIER=fedslim");
-    assert_string_equal(field(&r, 3, b, sizeof b), "K0=x");   /* no CODE_* without a location */
+    assert_string_equal(field(&r, 3, b, sizeof b), "K0=x"); /* no CODE_* without a location */
 }
 
-static void journal_stream_detection(void **state)
-{
+static void journal_stream_detection(void **state) {
     (void)state;
     char path[] = "/tmp/fs-test-journal-XXXXXX";
     int fd = mkstemp(path);
@@ -141,23 +136,22 @@ static void journal_stream_detection(void **state)
     unlink(path);
 }
 
-static void signals_arrive_through_the_pipe(void **state)
-{
+static void signals_arrive_through_the_pipe(void **state) {
     (void)state;
     fs_diag d = {0};
     assert_int_equal(fs_signal_fd(), -1);
     assert_int_equal(fs_signal_next(), 0);
     assert_int_equal(fs_signals_install(&d), 0);
-    assert_int_equal(fs_signals_install(&d), 0);   /* idempotent */
+    assert_int_equal(fs_signals_install(&d), 0); /* idempotent */
     int fd = fs_signal_fd();
     assert_true(fd >= 0);
-    assert_int_equal(fs_signal_next(), 0);         /* nothing pending, does not block */
+    assert_int_equal(fs_signal_next(), 0); /* nothing pending, does not block */
     struct pollfd p = {.fd = fd, .events = POLLIN};
     assert_int_equal(poll(&p, 1, 0), 0);
-    assert_int_equal(raise(SIGHUP), 0);            /* would kill us without the handler */
+    assert_int_equal(raise(SIGHUP), 0); /* would kill us without the handler */
     assert_int_equal(raise(SIGTERM), 0);
     assert_int_equal(raise(SIGINT), 0);
-    assert_int_equal(raise(SIGPIPE), 0);           /* ignored */
+    assert_int_equal(raise(SIGPIPE), 0); /* ignored */
     assert_int_equal(poll(&p, 1, 1000), 1);
     assert_int_equal(fs_signal_next(), SIGHUP);
     assert_int_equal(fs_signal_next(), SIGTERM);
@@ -167,23 +161,21 @@ static void signals_arrive_through_the_pipe(void **state)
     assert_int_equal(fs_signal_fd(), -1);
 }
 
-static void loop_timeouts(void **state)
-{
+static void loop_timeouts(void **state) {
     (void)state;
     uint64_t none[2] = {0, 0};
     assert_int_equal(fs_loop_timeout_ms(1000, none, 2), -1);
     assert_int_equal(fs_loop_timeout_ms(1000, NULL, 0), -1);
     uint64_t dl[3] = {0, 50000, 9000};
-    assert_int_equal(fs_loop_timeout_ms(1000, dl, 3), 8);       /* 8000 µs */
-    assert_int_equal(fs_loop_timeout_ms(8500, dl, 3), 1);       /* 500 µs rounds up */
+    assert_int_equal(fs_loop_timeout_ms(1000, dl, 3), 8); /* 8000 µs */
+    assert_int_equal(fs_loop_timeout_ms(8500, dl, 3), 1); /* 500 µs rounds up */
     assert_int_equal(fs_loop_timeout_ms(9000, dl, 3), 0);
     assert_int_equal(fs_loop_timeout_ms(20000, dl, 3), 0);
     uint64_t far[1] = {UINT64_MAX};
     assert_int_equal(fs_loop_timeout_ms(0, far, 1), INT32_MAX);
 }
 
-static void watchdog_settings(void **state)
-{
+static void watchdog_settings(void **state) {
     (void)state;
     fs_watchdog w;
     unsetenv("NOTIFY_SOCKET");
@@ -197,15 +189,15 @@ static void watchdog_settings(void **state)
     setenv("WATCHDOG_USEC", "400000", 1);
     assert_true(fs_watchdog_init(&w, 100));
     assert_int_equal(w.interval_usec, 200000);
-    assert_true(fs_watchdog_due(&w, 100));                      /* first ping at once */
-    assert_int_equal(fs_watchdog_ping(&w, 100), 0);             /* no NOTIFY_SOCKET: not sent */
+    assert_true(fs_watchdog_due(&w, 100));          /* first ping at once */
+    assert_int_equal(fs_watchdog_ping(&w, 100), 0); /* no NOTIFY_SOCKET: not sent */
     assert_int_equal(fs_watchdog_deadline(&w), 200100);
     assert_false(fs_watchdog_due(&w, 200099));
     assert_true(fs_watchdog_due(&w, 200100));
 
     char pid[32];
     snprintf(pid, sizeof pid, "%d", (int)getpid() + 1);
-    setenv("WATCHDOG_PID", pid, 1);                             /* meant for another process */
+    setenv("WATCHDOG_PID", pid, 1); /* meant for another process */
     assert_false(fs_watchdog_init(&w, 100));
     snprintf(pid, sizeof pid, "%d", (int)getpid());
     setenv("WATCHDOG_PID", pid, 1);
@@ -216,8 +208,7 @@ static void watchdog_settings(void **state)
 
 static int g_warnings;
 static void count_sink(int level, const char *file, int line, const char *func, const char *msg,
-                       const char *const *kv, void *ud)
-{
+                       const char *const *kv, void *ud) {
     (void)file;
     (void)line;
     (void)func;
@@ -228,8 +219,7 @@ static void count_sink(int level, const char *file, int line, const char *func, 
         g_warnings++;
 }
 
-static void recv_text(int s, char *buf, size_t cap)
-{
+static void recv_text(int s, char *buf, size_t cap) {
     struct pollfd p = {.fd = s, .events = POLLIN};
     assert_int_equal(poll(&p, 1, 2000), 1);
     ssize_t n = recv(s, buf, cap - 1, 0);
@@ -237,15 +227,14 @@ static void recv_text(int s, char *buf, size_t cap)
     buf[n] = '\0';
 }
 
-static void notify_messages(void **state)
-{
+static void notify_messages(void **state) {
     (void)state;
     int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     assert_true(s >= 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     char name[64];
     snprintf(name, sizeof name, "fs-test-notify-%d", (int)getpid());
-    memcpy(a.sun_path + 1, name, strlen(name));               /* abstract namespace */
+    memcpy(a.sun_path + 1, name, strlen(name)); /* abstract namespace */
     assert_int_equal(bind(s, (struct sockaddr *)&a,
                           (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))),
                      0);
@@ -280,10 +269,10 @@ static void notify_messages(void **state)
     fs_watchdog w;
     setenv("WATCHDOG_USEC", "60000000", 1);
     assert_true(fs_watchdog_init(&w, fs_now_usec()));
-    assert_int_equal(fs_watchdog_maybe(&w), 1);                /* first one is due at once */
+    assert_int_equal(fs_watchdog_maybe(&w), 1); /* first one is due at once */
     recv_text(s, buf, sizeof buf);
     assert_string_equal(buf, "WATCHDOG=1");
-    assert_int_equal(fs_watchdog_maybe(&w), 0);                /* next in 30 s */
+    assert_int_equal(fs_watchdog_maybe(&w), 0); /* next in 30 s */
     unsetenv("WATCHDOG_USEC");
     assert_int_equal(fs_watchdog_trigger(), 1);
     recv_text(s, buf, sizeof buf);
@@ -308,8 +297,7 @@ static void notify_messages(void **state)
     assert_int_equal(fs_notify_status("z"), 0);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(journal_field_names),
         cmocka_unit_test(journal_record_fields),

@@ -1,10 +1,10 @@
 /* test_daemon_config.c — the schema-driven INI loader (daemon/config.c) and the two daemon
  * schemas: good files, every kind of bad input with its FILE:LINE message, '#' inside values,
  * reload semantics, the example files in conf/ and their documentation. */
+#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <cmocka.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +13,7 @@
 
 #include "fs_config.h"
 
-#define Z85_A "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"   /* 40 chars, contains '%' and '@' */
+#define Z85_A "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7" /* 40 chars, contains '%' and '@' */
 #define Z85_B "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
 #define Z85_HASH "abcdefghij#klmnopqrs#tuvwxyz0123456789AB" /* 40 chars with '#' */
 
@@ -29,18 +29,15 @@ static const char good_agent[] = "[agent]\n"
                                  "[data]\n"
                                  "train = idx:/data/fmnist/train\n";
 
-static int load_coord(const char *text, fs_coord_config *c, fs_diag *d)
-{
+static int load_coord(const char *text, fs_coord_config *c, fs_diag *d) {
     return fs_cfg_load_string(&fs_coord_config_schema, "t.conf", text, strlen(text), c, d);
 }
 
-static int load_agent(const char *text, fs_agent_config *c, fs_diag *d)
-{
+static int load_agent(const char *text, fs_agent_config *c, fs_diag *d) {
     return fs_cfg_load_string(&fs_agent_config_schema, "a.conf", text, strlen(text), c, d);
 }
 
-static void coordinator_defaults_apply(void **state)
-{
+static void coordinator_defaults_apply(void **state) {
     (void)state;
     unsetenv("CREDENTIALS_DIRECTORY");
     fs_coord_config c;
@@ -68,8 +65,7 @@ static void coordinator_defaults_apply(void **state)
     assert_null(c.listen);
 }
 
-static void coordinator_all_keys_parse(void **state)
-{
+static void coordinator_all_keys_parse(void **state) {
     (void)state;
     const char *text = "; full file\n"
                        "[coordinator]\n"
@@ -84,7 +80,7 @@ static void coordinator_all_keys_parse(void **state)
                        "log_level = debug\n"
                        "\n"
                        "[limits]\n"
-                       "  chunk_size = 256 KiB\n"        /* leading blanks are not continuations */
+                       "  chunk_size = 256 KiB\n" /* leading blanks are not continuations */
                        "\tmax_message = 2MB\n"
                        "max_frames = 8\n"
                        "max_protocol_errors = 0\n"
@@ -113,8 +109,7 @@ static void coordinator_all_keys_parse(void **state)
     fs_coord_config_free(&c);
 }
 
-static void agent_loads_with_datasets(void **state)
-{
+static void agent_loads_with_datasets(void **state) {
     (void)state;
     char text[1024];
     snprintf(text, sizeof text, "%s%s", good_agent,
@@ -138,8 +133,7 @@ static void agent_loads_with_datasets(void **state)
     fs_agent_config_free(&a);
 }
 
-static void credentials_directory_default(void **state)
-{
+static void credentials_directory_default(void **state) {
     (void)state;
     const char *text = "[coordinator]\nlisten = tcp://127.0.0.1:7400\n";
     fs_coord_config c;
@@ -150,7 +144,8 @@ static void credentials_directory_default(void **state)
                                "default: $CREDENTIALS_DIRECTORY is not set)");
     setenv("CREDENTIALS_DIRECTORY", "/run/credentials/fedslim-coordinator.service", 1);
     assert_int_equal(load_coord(text, &c, &d), 0);
-    assert_string_equal(c.secret_key, "/run/credentials/fedslim-coordinator.service/coordinator.key");
+    assert_string_equal(c.secret_key,
+                        "/run/credentials/fedslim-coordinator.service/coordinator.key");
     fs_coord_config_free(&c);
     setenv("CREDENTIALS_DIRECTORY", "relative/dir", 1);
     assert_int_equal(load_coord(text, &c, &d), FS_EFORMAT);
@@ -160,12 +155,11 @@ static void credentials_directory_default(void **state)
 }
 
 typedef struct {
-    const char *text;       /* appended to good_coord unless it starts with '!' */
-    const char *want;       /* exact message */
+    const char *text; /* appended to good_coord unless it starts with '!' */
+    const char *want; /* exact message */
 } bad_case;
 
-static void bad_coordinator_files_name_line_and_key(void **state)
-{
+static void bad_coordinator_files_name_line_and_key(void **state) {
     (void)state;
     unsetenv("CREDENTIALS_DIRECTORY");
     static const bad_case cases[] = {
@@ -224,8 +218,8 @@ static void bad_coordinator_files_name_line_and_key(void **state)
         {"![coordinator]\nlisten = udp://x:1\n", "t.conf:2: [coordinator] listen: 'udp://x:1' is "
                                                  "not an endpoint (expected tcp://HOST:PORT or "
                                                  "ipc://PATH)"},
-        {"![coordinator]\nlisten = tcp://host\n",
-         "t.conf:2: [coordinator] listen: 'tcp://host': missing ':PORT' (e.g. tcp://10.0.0.1:7400)"},
+        {"![coordinator]\nlisten = tcp://host\n", "t.conf:2: [coordinator] listen: 'tcp://host': "
+                                                  "missing ':PORT' (e.g. tcp://10.0.0.1:7400)"},
         {"![coordinator]\nlisten = tcp://host:70000\n",
          "t.conf:2: [coordinator] listen: 'tcp://host:70000': port must be a number in 1..65535"},
         {"![coordinator]\nlisten = tcp://ho st:7\n",
@@ -256,8 +250,7 @@ static void bad_coordinator_files_name_line_and_key(void **state)
     }
 }
 
-static void bad_agent_files(void **state)
-{
+static void bad_agent_files(void **state) {
     (void)state;
     static const bad_case cases[] = {
         {"videos = video:/srv/v\n", "a.conf:8: [data] videos: 'video:/srv/v' is not KIND:PATH with "
@@ -267,12 +260,15 @@ static void bad_agent_files(void **state)
         {".hidden = idx:/x\n", "a.conf:8: [data] .hidden: not a valid entry name (1..64 of A-Z "
                                "a-z 0-9 . _ -)"},
         {"![agent]\nname = site b\n", "a.conf:2: [agent] name: 'site b' is not a valid name (1..64 "
-                                     "of A-Z a-z 0-9 . _ -, not starting with '.' or '-')"},
-        {"[limits]\nmax_frames = 0\n", "a.conf:9: [limits] max_frames: 0 is out of range [1, 1024]"},
-        {"!" "[agent]\nname = a\ncoordinator = tcp://h:1\ncoordinator_public_key = " Z85_A
+                                      "of A-Z a-z 0-9 . _ -, not starting with '.' or '-')"},
+        {"[limits]\nmax_frames = 0\n",
+         "a.conf:9: [limits] max_frames: 0 is out of range [1, 1024]"},
+        {"!"
+         "[agent]\nname = a\ncoordinator = tcp://h:1\ncoordinator_public_key = " Z85_A
          "\nsecret_key = /k\n",
          "a.conf: [data]: at least 1 entry is required (NAME = KIND:PATH)"},
-        {"!" "[agent]\nname = a\ncoordinator = tcp://h:1\nsecret_key = /k\n[data]\nx = idx:/x\n",
+        {"!"
+         "[agent]\nname = a\ncoordinator = tcp://h:1\nsecret_key = /k\n[data]\nx = idx:/x\n",
          "a.conf: [agent] coordinator_public_key: missing required key (or "
          "coordinator_public_key_file = the coordinator's .pub file)"},
         {"[agent]\ncoordinator_public_key_file = /etc/fedslim/keys/coordinator.pub\n",
@@ -294,8 +290,7 @@ static void bad_agent_files(void **state)
     }
 }
 
-static void agent_public_key_from_file(void **state)
-{
+static void agent_public_key_from_file(void **state) {
     (void)state;
     const char *text = "[agent]\nname = a\ncoordinator = tcp://h:1\nsecret_key = /k\n"
                        "coordinator_public_key_file = /etc/fedslim/keys/coordinator.pub\n"
@@ -309,8 +304,7 @@ static void agent_public_key_from_file(void **state)
 }
 
 /* fs_cfg_write output loads back to the same configuration. */
-static void write_then_load_roundtrips(void **state)
-{
+static void write_then_load_roundtrips(void **state) {
     (void)state;
     const char *text = "[coordinator]\nlisten = ipc://@fs\nsecret_key = /k\npublic_key = " Z85_HASH
                        "\nthreads = 7\nlog_level = warning\n[limits]\nchunk_size = 5000\n"
@@ -346,7 +340,8 @@ static void write_then_load_roundtrips(void **state)
     assert_non_null(f);
     assert_int_equal(fs_cfg_write(&fs_agent_config_schema, &x, f), 0);
     fclose(f);
-    assert_non_null(strstr(out, "\n[data]\ntrain = idx:/data/fmnist/train\nphotos = unlabeled:/srv/p q\n"));
+    assert_non_null(
+        strstr(out, "\n[data]\ntrain = idx:/data/fmnist/train\nphotos = unlabeled:/srv/p q\n"));
     assert_int_equal(fs_cfg_load_string(&fs_agent_config_schema, "out", out, len, &y, &d), 0);
     assert_int_equal(fs_cfg_diff(&fs_agent_config_schema, &x, &y, NULL, NULL), 0);
     fs_agent_config_free(&x);
@@ -354,8 +349,7 @@ static void write_then_load_roundtrips(void **state)
     free(out);
 }
 
-static void too_many_entries(void **state)
-{
+static void too_many_entries(void **state) {
     (void)state;
     size_t cap = 16384;
     char *text = malloc(cap);
@@ -371,8 +365,7 @@ static void too_many_entries(void **state)
 }
 
 /* Lines libinih would split, NUL bytes, CRLF and a BOM. */
-static void raw_text_edge_cases(void **state)
-{
+static void raw_text_edge_cases(void **state) {
     (void)state;
     fs_coord_config c;
     fs_diag d = {0};
@@ -385,9 +378,9 @@ static void raw_text_edge_cases(void **state)
     assert_string_equal(d.msg, "t.conf:6: line too long (315 characters, at most 196)");
 
     static const char nul[] = "[coordinator]\nlisten = tcp://h:1\0x\nsecret_key = /k\n";
-    assert_int_equal(fs_cfg_load_string(&fs_coord_config_schema, "t.conf", nul, sizeof nul - 1, &c,
-                                        &d),
-                     FS_EFORMAT);
+    assert_int_equal(
+        fs_cfg_load_string(&fs_coord_config_schema, "t.conf", nul, sizeof nul - 1, &c, &d),
+        FS_EFORMAT);
     assert_string_equal(d.msg, "t.conf:2: NUL byte in the line");
 
     const char *crlf = "\xEF\xBB\xBF[coordinator]\r\nlisten = tcp://h:1\r\nsecret_key = /k\r\n";
@@ -413,14 +406,22 @@ typedef struct {
 static const fs_cfg_key lit_keys[] = {
     {.section = "s", .key = "a", .type = FS_CFG_STRING, .offset = offsetof(lit_cfg, a)},
     {.section = "s", .key = "b", .type = FS_CFG_STRING, .offset = offsetof(lit_cfg, b)},
-    {.section = "s", .key = "c", .type = FS_CFG_STRING, .def = "dflt", .offset = offsetof(lit_cfg, c)},
-    {.section = "s", .key = "ratio", .type = FS_CFG_DOUBLE, .def = "0.5",
-     .offset = offsetof(lit_cfg, ratio), .dmin = 0.0, .dmax = 1.0},
+    {.section = "s",
+     .key = "c",
+     .type = FS_CFG_STRING,
+     .def = "dflt",
+     .offset = offsetof(lit_cfg, c)},
+    {.section = "s",
+     .key = "ratio",
+     .type = FS_CFG_DOUBLE,
+     .def = "0.5",
+     .offset = offsetof(lit_cfg, ratio),
+     .dmin = 0.0,
+     .dmax = 1.0},
 };
 static const fs_cfg_schema lit_schema = {"lit", sizeof(lit_cfg), lit_keys, 4, NULL};
 
-static void hash_and_semicolon_stay_in_values(void **state)
-{
+static void hash_and_semicolon_stay_in_values(void **state) {
     (void)state;
     const char *text = "# comment\n; comment\n[s]\na = abc#def ;x # y\nb = #starts with hash\n"
                        "ratio = 0.25\n";
@@ -452,8 +453,7 @@ static void hash_and_semicolon_stay_in_values(void **state)
     fs_coord_config_free(&c);
 }
 
-static void value_parsers(void **state)
-{
+static void value_parsers(void **state) {
     (void)state;
     fs_diag d = {0};
     uint64_t v = 0;
@@ -516,8 +516,7 @@ static void value_parsers(void **state)
 
 static char g_dir[64];
 
-static void write_text(const char *path, const char *text)
-{
+static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     fputs(text, f);
@@ -530,8 +529,7 @@ typedef struct {
     int restart;
 } diff_log;
 
-static void on_diff(const fs_cfg_key *k, void *ud)
-{
+static void on_diff(const fs_cfg_key *k, void *ud) {
     diff_log *l = ud;
     if (l->n < 8)
         snprintf(l->changed[l->n++], sizeof l->changed[0], "%s.%s", k->section, k->key);
@@ -540,18 +538,19 @@ static void on_diff(const fs_cfg_key *k, void *ud)
 }
 
 /* Reload: a bad new file leaves the configuration in force untouched; a good one swaps. */
-static void reload_keeps_old_config_on_error(void **state)
-{
+static void reload_keeps_old_config_on_error(void **state) {
     (void)state;
     char path[128];
     snprintf(path, sizeof path, "%s/coordinator.conf", g_dir);
-    write_text(path, "[coordinator]\nlisten = tcp://127.0.0.1:7400\nsecret_key = /k\nthreads = 2\n");
+    write_text(path,
+               "[coordinator]\nlisten = tcp://127.0.0.1:7400\nsecret_key = /k\nthreads = 2\n");
     fs_coord_config cur;
     fs_diag d = {0};
     assert_int_equal(fs_coord_config_load(path, &cur, &d), 0);
     assert_int_equal(cur.threads, 2);
 
-    write_text(path, "[coordinator]\nlisten = tcp://127.0.0.1:7400\nsecret_key = /k\nthreads = 0\n");
+    write_text(path,
+               "[coordinator]\nlisten = tcp://127.0.0.1:7400\nsecret_key = /k\nthreads = 0\n");
     fs_coord_config next;
     memset(&next, 0, sizeof next);
     int rc = fs_coord_config_load(path, &next, &d);
@@ -559,8 +558,8 @@ static void reload_keeps_old_config_on_error(void **state)
     char want[256];
     snprintf(want, sizeof want, "%s:4: [coordinator] threads: 0 is out of range [1, 256]", path);
     assert_string_equal(d.msg, want);
-    assert_null(next.listen);                     /* nothing written on error */
-    assert_int_equal(cur.threads, 2);             /* old config still in force */
+    assert_null(next.listen);         /* nothing written on error */
+    assert_int_equal(cur.threads, 2); /* old config still in force */
     assert_string_equal(cur.listen, "tcp://127.0.0.1:7400");
 
     write_text(path, "[coordinator]\nlisten = tcp://127.0.0.1:7401\nsecret_key = /k\nthreads = 2\n"
@@ -572,7 +571,7 @@ static void reload_keeps_old_config_on_error(void **state)
     assert_string_equal(log.changed[1], "coordinator.log_level");
     assert_int_equal(log.restart, 1);
     fs_coord_config_free(&cur);
-    cur = next;                                   /* the swap */
+    cur = next; /* the swap */
     assert_int_equal(fs_cfg_diff(&fs_coord_config_schema, &cur, &cur, NULL, NULL), 0);
     fs_coord_config_free(&cur);
 
@@ -583,8 +582,7 @@ static void reload_keeps_old_config_on_error(void **state)
     unlink(path);
 }
 
-static char *slurp(const char *path)
-{
+static char *slurp(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f)
         fail_msg("cannot open %s", path);
@@ -598,8 +596,7 @@ static char *slurp(const char *path)
 
 /* The shipped examples load as they are (under systemd, where the secret key is a credential),
  * and every schema key is documented in the example file and in docs/configuration.md. */
-static void example_files_load_and_document_every_key(void **state)
-{
+static void example_files_load_and_document_every_key(void **state) {
     (void)state;
     const char *src = getenv("FS_SOURCE_DIR");
     assert_non_null(src);
@@ -636,7 +633,7 @@ static void example_files_load_and_document_every_key(void **state)
             size_t n = nl ? (size_t)(nl - p + 1) : strlen(p);
             /* "#key = value" (no space after '#') is a commented-out setting */
             bool setting = p[0] == '#' && p[1] >= 'a' && p[1] <= 'z' && memchr(p, '=', n) &&
-                           !(n >= 2 && p[n - 2] == '=');   /* "#public_key =" has no value */
+                           !(n >= 2 && p[n - 2] == '='); /* "#public_key =" has no value */
             if (setting) {
                 memcpy(copy + o, p + 1, n - 1);
                 o += n - 1;
@@ -701,21 +698,18 @@ static void example_files_load_and_document_every_key(void **state)
     unsetenv("CREDENTIALS_DIRECTORY");
 }
 
-static int setup(void **state)
-{
+static int setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/fs-test-config-XXXXXX");
     return mkdtemp(g_dir) ? 0 : -1;
 }
 
-static int teardown(void **state)
-{
+static int teardown(void **state) {
     (void)state;
     return rmdir(g_dir);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(coordinator_defaults_apply),
         cmocka_unit_test(coordinator_all_keys_parse),

@@ -21,8 +21,7 @@
 #include "fs_config.h"
 #include "fs_daemon.h"
 
-static int count_threads(void)
-{
+static int count_threads(void) {
     DIR *d = opendir("/proc/self/task");
     if (!d)
         return -1;
@@ -34,16 +33,14 @@ static int count_threads(void)
     return n;
 }
 
-static void on_changed(const fs_cfg_key *k, void *ud)
-{
+static void on_changed(const fs_cfg_key *k, void *ud) {
     (void)ud;
-    fs_log_kv(FS_LOG_NOTICE, (k->flags & FS_CFG_RESTART) ? "changed; takes effect after a restart"
-                                                           : "changed",
+    fs_log_kv(FS_LOG_NOTICE,
+              (k->flags & FS_CFG_RESTART) ? "changed; takes effect after a restart" : "changed",
               "KEY", k->key, "SECTION", k->section, NULL);
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s CONFIG\n", argv[0]);
         return 2;
@@ -110,7 +107,8 @@ int main(int argc, char **argv)
                     fs_coord_config_free(&cfg);
                     cfg = next;
                     fs_log_set_level(fs_cfg_log_level(cfg.log_level));
-                    snprintf(status, sizeof status, "reloaded threads=%lld", (long long)cfg.threads);
+                    snprintf(status, sizeof status, "reloaded threads=%lld",
+                             (long long)cfg.threads);
                     fs_notify_ready(status);
                 } else {
                     fs_log_kv(FS_LOG_ERR, "reload rejected", "REASON", d.msg, NULL);

@@ -5,16 +5,16 @@
  * READY (good and bad new config), SIGTERM/SIGINT → STOPPING and exit 0, a bad config at start →
  * STATUS=failed + ERRNO and exit 1. Signals are also sent straight to an OpenBLAS worker thread
  * (tgkill): with a signalfd design that would kill the process (SYSTEMS.md §a2). */
+#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <cmocka.h>
 
 #include <dirent.h>
 #include <errno.h>
 #include <poll.h>
-#include <stdbool.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,13 +33,13 @@
 
 typedef struct {
     char text[512];
-    uint64_t t_usec;   /* kernel arrival time (SO_TIMESTAMP, CLOCK_REALTIME) */
+    uint64_t t_usec; /* kernel arrival time (SO_TIMESTAMP, CLOCK_REALTIME) */
 } dgram;
 
 typedef struct {
     int sock;
-    char env[128];     /* NOTIFY_SOCKET value */
-    char path[100];    /* filesystem socket to unlink, or "" (fits sun_path) */
+    char env[128];  /* NOTIFY_SOCKET value */
+    char path[100]; /* filesystem socket to unlink, or "" (fits sun_path) */
     uint64_t pings[64];
     int n_pings;
 } notify_sink;
@@ -47,8 +47,7 @@ typedef struct {
 static char g_dir[64];
 static char g_config[128];
 
-static void open_sink(notify_sink *s, bool abstract)
-{
+static void open_sink(notify_sink *s, bool abstract) {
     static int counter;
     memset(s, 0, sizeof *s);
     s->sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -72,16 +71,14 @@ static void open_sink(notify_sink *s, bool abstract)
     assert_int_equal(setsockopt(s->sock, SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on), 0);
 }
 
-static void close_sink(notify_sink *s)
-{
+static void close_sink(notify_sink *s) {
     close(s->sock);
     if (s->path[0])
         unlink(s->path);
 }
 
 /* Next datagram within timeout_ms; false on timeout. */
-static bool next_dgram(notify_sink *s, dgram *out, int timeout_ms)
-{
+static bool next_dgram(notify_sink *s, dgram *out, int timeout_ms) {
     struct pollfd p = {.fd = s->sock, .events = POLLIN};
     if (poll(&p, 1, timeout_ms) != 1)
         return false;
@@ -90,8 +87,8 @@ static bool next_dgram(notify_sink *s, dgram *out, int timeout_ms)
         struct cmsghdr align;
     } ctl;
     struct iovec iov = {.iov_base = out->text, .iov_len = sizeof out->text - 1};
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-                       .msg_controllen = sizeof ctl.buf};
+    struct msghdr m = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
     ssize_t n = recvmsg(s->sock, &m, 0);
     assert_true(n >= 0);
     out->text[n] = '\0';
@@ -108,8 +105,7 @@ static bool next_dgram(notify_sink *s, dgram *out, int timeout_ms)
 }
 
 /* Reads datagrams until one that is not WATCHDOG=1 (those are recorded) and checks its prefix. */
-static void expect(notify_sink *s, const char *prefix, dgram *out)
-{
+static void expect(notify_sink *s, const char *prefix, dgram *out) {
     for (;;) {
         if (!next_dgram(s, out, 10000))
             fail_msg("timed out waiting for '%s'", prefix);
@@ -124,16 +120,14 @@ static void expect(notify_sink *s, const char *prefix, dgram *out)
     }
 }
 
-static void write_config(const char *extra)
-{
+static void write_config(const char *extra) {
     FILE *f = fopen(g_config, "w");
     assert_non_null(f);
     fprintf(f, "[coordinator]\nlisten = tcp://127.0.0.1:7400\nsecret_key = /k/c.key\n%s", extra);
     fclose(f);
 }
 
-static pid_t spawn(const notify_sink *s, bool watchdog)
-{
+static pid_t spawn(const notify_sink *s, bool watchdog) {
     const char *bin = getenv("FS_BIN_DIR");
     assert_non_null(bin);
     char helper[512];
@@ -158,8 +152,7 @@ static pid_t spawn(const notify_sink *s, bool watchdog)
     return pid;
 }
 
-static int wait_exit(pid_t pid)
-{
+static int wait_exit(pid_t pid) {
     int st = 0;
     for (int i = 0; i < 1000; i++) {
         pid_t r = waitpid(pid, &st, WNOHANG);
@@ -179,8 +172,7 @@ static int wait_exit(pid_t pid)
 }
 
 /* A thread of `pid` other than its main thread (an OpenBLAS worker), or 0. */
-static pid_t worker_thread(pid_t pid)
-{
+static pid_t worker_thread(pid_t pid) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
     DIR *d = opendir(path);
@@ -196,13 +188,11 @@ static pid_t worker_thread(pid_t pid)
     return tid;
 }
 
-static void send_to_thread(pid_t pid, pid_t tid, int sig)
-{
+static void send_to_thread(pid_t pid, pid_t tid, int sig) {
     assert_int_equal(syscall(SYS_tgkill, pid, tid, sig), 0);
 }
 
-static void full_lifecycle_abstract_socket(void **state)
-{
+static void full_lifecycle_abstract_socket(void **state) {
     (void)state;
     notify_sink s;
     open_sink(&s, true);
@@ -239,7 +229,7 @@ static void full_lifecycle_abstract_socket(void **state)
     if (have_workers)
         assert_true(tid > 0);
     else if (tid == 0)
-        tid = pid;   /* one core: no worker thread to aim at, use the main thread */
+        tid = pid; /* one core: no worker thread to aim at, use the main thread */
     write_config("threads = 3\n");
     send_to_thread(pid, tid, SIGHUP);
     expect(&s, "RELOADING=1\nMONOTONIC_USEC=", &g);
@@ -259,7 +249,7 @@ static void full_lifecycle_abstract_socket(void **state)
     send_to_thread(pid, tid, SIGTERM);
     expect(&s, "STOPPING=1\nSTATUS=stopping", &g);
     assert_true(s.n_pings > before);
-    assert_false(next_dgram(&s, &g, 200));           /* nothing after STOPPING */
+    assert_false(next_dgram(&s, &g, 200)); /* nothing after STOPPING */
     assert_int_equal(wait_exit(pid), 0);
 
     /* pings every WATCHDOG_USEC/2: never early, never as late as the watchdog limit */
@@ -272,8 +262,7 @@ static void full_lifecycle_abstract_socket(void **state)
     close_sink(&s);
 }
 
-static void path_socket_sigint_without_watchdog(void **state)
-{
+static void path_socket_sigint_without_watchdog(void **state) {
     (void)state;
     notify_sink s;
     open_sink(&s, false);
@@ -281,7 +270,7 @@ static void path_socket_sigint_without_watchdog(void **state)
     pid_t pid = spawn(&s, false);
     dgram g;
     expect(&s, "READY=1\nSTATUS=idle threads=", &g);
-    assert_false(next_dgram(&s, &g, 300));           /* no WATCHDOG_USEC: no pings */
+    assert_false(next_dgram(&s, &g, 300)); /* no WATCHDOG_USEC: no pings */
     assert_int_equal(kill(pid, SIGINT), 0);
     expect(&s, "STOPPING=1\nSTATUS=stopping", &g);
     assert_int_equal(s.n_pings, 0);
@@ -289,8 +278,7 @@ static void path_socket_sigint_without_watchdog(void **state)
     close_sink(&s);
 }
 
-static void bad_config_at_start_fails(void **state)
-{
+static void bad_config_at_start_fails(void **state) {
     (void)state;
     notify_sink s;
     open_sink(&s, true);
@@ -307,8 +295,7 @@ static void bad_config_at_start_fails(void **state)
     close_sink(&s);
 }
 
-static int setup(void **state)
-{
+static int setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/fs-test-notify-XXXXXX");
     if (!mkdtemp(g_dir))
@@ -317,15 +304,13 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
-{
+static int teardown(void **state) {
     (void)state;
     unlink(g_config);
     return rmdir(g_dir);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(full_lifecycle_abstract_socket),
         cmocka_unit_test(path_socket_sigint_without_watchdog),

@@ -690,6 +690,43 @@ static void imagefolder_reads_sorted_converted_resized(void **state)
                "3 classes");
 }
 
+static void imagefolder_order_and_symlink_loops(void **state)
+{
+    (void)state;
+    /* torchvision order: classes sorted ("cat" < "cat-a"), then each class's files in sorted
+     * os.walk order, so cat/x/... comes before every file of cat-a although "cat-a" < "cat/x" */
+    mkdir_p(tpath("order/cat/x"));
+    mkdir_p(tpath("order/cat-a"));
+    uint8_t *g = solid(2, 2, 1, (const uint8_t[]){1});
+    write_png(tpath("order/cat/x/1.png"), 2, 2, PNG_COLOR_TYPE_GRAY, 8, g, NULL, 0);
+    write_png(tpath("order/cat/z.png"), 2, 2, PNG_COLOR_TYPE_GRAY, 8, g, NULL, 0);
+    write_png(tpath("order/cat-a/0.png"), 2, 2, PNG_COLOR_TYPE_GRAY, 8, g, NULL, 0);
+    char spec[600];
+    snprintf(spec, sizeof spec, "folder:%s", tpath("order"));
+    fs_dataset *ds = NULL;
+    fs_diag d = {0};
+    for (int drop = 0; drop <= 1; drop++) {
+        fs_data_opts o = {.channels = 1, .drop_labels = drop};
+        assert_int_equal(fs_dataset_open(&ds, spec, &o, &d), 0);
+        assert_int_equal(ds->n, 3);
+        assert_string_equal(ds->files[0], "cat/z.png");   /* root's own files first */
+        assert_string_equal(ds->files[1], "cat/x/1.png");
+        assert_string_equal(ds->files[2], "cat-a/0.png");
+        if (!drop) {
+            assert_int_equal(ds->labels[1], 0);
+            assert_int_equal(ds->labels[2], 1);
+        } else {
+            assert_null(ds->labels);
+        }
+        fs_dataset_free(ds);
+    }
+    /* a symlink loop inside a class folder: refused with a clear error, no hang */
+    assert_int_equal(symlink(".", tpath("order/cat/x/loop")), 0);
+    expect_err(fs_dataset_open(&ds, spec, NULL, &d), FS_EFORMAT, &d, "loop", "nested deeper");
+    assert_null(ds);
+    free(g);
+}
+
 static void unlabeled_folder_is_flat(void **state)
 {
     (void)state;
@@ -1089,6 +1126,7 @@ int main(void)
         cmocka_unit_test(resize_matches_pillow_by_hand),
         cmocka_unit_test(png_variants_decode),
         cmocka_unit_test(imagefolder_reads_sorted_converted_resized),
+        cmocka_unit_test(imagefolder_order_and_symlink_loops),
         cmocka_unit_test(unlabeled_folder_is_flat),
         cmocka_unit_test(folder_errors_name_the_file),
         cmocka_unit_test(batch_normalises_and_augments),

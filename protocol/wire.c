@@ -339,11 +339,13 @@ static int check_name_field(const char *s, const char *field, bool allow_empty, 
     return 0;
 }
 
-static int check_text_field(const char *s, const char *field, fs_diag *d)
+/* `cap` = size of the char array holding s (a missing NUL is caught by strnlen). */
+static int check_text_field(const char *s, size_t cap, const char *field, fs_diag *d)
 {
-    if (!text_ok(s, strnlen(s, FS_WIRE_TEXT_MAX + 1), FS_WIRE_TEXT_MAX))
-        return fs_diag_set(d, FS_EINVAL, "%s: longer than %d chars or not printable ASCII", field,
-                           FS_WIRE_TEXT_MAX);
+    size_t n = strnlen(s, cap);
+    if (n == cap || !text_ok(s, n, FS_WIRE_TEXT_MAX))
+        return fs_diag_set(d, FS_EINVAL, "%s: longer than %zu chars or not printable ASCII", field,
+                           cap - 1);
     return 0;
 }
 
@@ -355,7 +357,8 @@ static int check_body(const fs_wire_msg *m, size_t chunk, size_t *n_raw, fs_diag
         return rc;
     switch (m->type) {
     case FS_MSG_HELLO:
-        if ((rc = check_text_field(m->u.hello.version, "hello.version", d)) ||
+        if ((rc = check_text_field(m->u.hello.version, sizeof m->u.hello.version,
+                                   "hello.version", d)) ||
             (rc = check_name_field(m->u.hello.site, "hello.site", false, d)))
             return rc;
         if (m->u.hello.n_caps > 64 || (m->u.hello.n_caps && !m->u.hello.caps))
@@ -380,7 +383,8 @@ static int check_body(const fs_wire_msg *m, size_t chunk, size_t *n_raw, fs_diag
         break;
     case FS_MSG_JOB_ACCEPT:
     case FS_MSG_JOB_DECLINE:
-        if ((rc = check_text_field(m->u.job_reply.reason, "reason", d)))
+        if ((rc = check_text_field(m->u.job_reply.reason, sizeof m->u.job_reply.reason, "reason",
+                                   d)))
             return rc;
         break;
     case FS_MSG_MODEL_REQ:
@@ -409,11 +413,11 @@ static int check_body(const fs_wire_msg *m, size_t chunk, size_t *n_raw, fs_diag
         break;
     case FS_MSG_ERROR:
         if ((rc = check_name_field(m->u.error.code, "error.code", false, d)) ||
-            (rc = check_text_field(m->u.error.text, "error.text", d)))
+            (rc = check_text_field(m->u.error.text, sizeof m->u.error.text, "error.text", d)))
             return rc;
         break;
     case FS_MSG_BYE:
-        if ((rc = check_text_field(m->u.bye.reason, "bye.reason", d)))
+        if ((rc = check_text_field(m->u.bye.reason, sizeof m->u.bye.reason, "bye.reason", d)))
             return rc;
         break;
     default:
@@ -667,6 +671,7 @@ enum {
     F_NAME,      /* [A-Za-z0-9._-] 1..64 into char[65] */
     F_NAME0,     /* same, may be empty */
     F_TEXT,      /* printable ASCII <= 256 into char[257] */
+    F_TEXT64,    /* printable ASCII <= 64 into char[65] */
     F_BIN32,     /* exactly 32 bytes */
     F_F64,       /* int or float, finite */
     F_MAP,       /* stores the msgpack_object pointer */
@@ -709,18 +714,21 @@ static int store_field(const field *f, const msgpack_object *v, const char *wher
         return 0;
     case F_NAME:
     case F_NAME0:
-    case F_TEXT: {
+    case F_TEXT:
+    case F_TEXT64: {
         if (v->type != MSGPACK_OBJECT_STR)
             return fs_diag_set(d, FS_EPROTO, "%s.%s: not a string", where, f->key);
         size_t n = v->via.str.size;
-        bool ok = f->kind == F_TEXT ? text_ok(v->via.str.ptr, n, FS_WIRE_TEXT_MAX)
-                  : (n == 0 && f->kind == F_NAME0)
-                      ? true
-                      : fs_wire_name_ok(v->via.str.ptr, n, FS_WIRE_NAME_MAX);
+        bool ok;
+        if (f->kind == F_TEXT || f->kind == F_TEXT64)
+            ok = text_ok(v->via.str.ptr, n, f->kind == F_TEXT ? FS_WIRE_TEXT_MAX : FS_WIRE_NAME_MAX);
+        else
+            ok = (n == 0 && f->kind == F_NAME0) || fs_wire_name_ok(v->via.str.ptr, n, FS_WIRE_NAME_MAX);
         if (!ok)
             return fs_diag_set(d, FS_EPROTO, "%s.%s: %s", where, f->key,
-                               f->kind == F_TEXT ? "longer than 256 or not printable ASCII"
-                                                 : "not 1-64 chars of [A-Za-z0-9._-]");
+                               f->kind == F_TEXT     ? "longer than 256 or not printable ASCII"
+                               : f->kind == F_TEXT64 ? "longer than 64 or not printable ASCII"
+                                                     : "not 1-64 chars of [A-Za-z0-9._-]");
         memcpy(f->dst, v->via.str.ptr, n);
         ((char *)f->dst)[n] = '\0';
         return 0;
@@ -1048,15 +1056,12 @@ static int decode_body(fs_wire_msg *m, const msgpack_object *body, const fs_wire
         uint64_t n_samples = 0, n_labeled = 0;
         field f[] = {{"proto_min", F_U32, true, &h->proto_min},
                      {"proto_max", F_U32, true, &h->proto_max},
-                     {"version", F_TEXT, true, h->version},
+                     {"version", F_TEXT64, true, h->version},
                      {"site", F_NAME, true, h->site},
                      {"caps", F_ARRAY, true, &a},
                      {"data", F_MAP, true, &b}};
         if ((rc = walk(body, f, 6, "body", d)))
             return rc;
-        /* version is free text but must fit the 64-char field */
-        if (strlen(h->version) > FS_WIRE_NAME_MAX)
-            return fs_diag_set(d, FS_EPROTO, "body.version: longer than %d", FS_WIRE_NAME_MAX);
         if (h->proto_min > h->proto_max)
             return fs_diag_set(d, FS_EPROTO, "body.proto_min %u > proto_max %u", h->proto_min,
                                h->proto_max);

@@ -502,6 +502,48 @@ static void decoder_rejects(void **state)
     }
     msgpack_sbuffer_destroy(&b.sb);
 
+    /* HELLO.version is free text but at most 64 characters (it is copied into a 64-char field) */
+    mp_init(&b);
+    env(&b, 7, 1, FS_MSG_HELLO);
+    ks(&b, "body");
+    msgpack_pack_map(&b.pk, 6);
+    ks(&b, "proto_min");
+    msgpack_pack_uint64(&b.pk, 1);
+    ks(&b, "proto_max");
+    msgpack_pack_uint64(&b.pk, 1);
+    ks(&b, "version");
+    {
+        char v[201];
+        memset(v, 'x', 200);
+        v[200] = '\0';
+        ks(&b, v);
+    }
+    ks(&b, "site");
+    ks(&b, "s");
+    ks(&b, "caps");
+    msgpack_pack_array(&b.pk, 0);
+    ks(&b, "data");
+    msgpack_pack_map(&b.pk, 3);
+    ks(&b, "n_samples");
+    msgpack_pack_uint64(&b.pk, 1);
+    ks(&b, "n_labeled");
+    msgpack_pack_uint64(&b.pk, 1);
+    ks(&b, "classes");
+    msgpack_pack_array(&b.pk, 0);
+    assert_int_equal(decode1(b.sb.data, b.sb.size, &d), FS_EPROTO);
+    assert_non_null(strstr(d.msg, "version: longer than 64"));
+    {
+        FILE *fp = getenv("FS_WRITE_SEEDS") ? fopen("hello_long_version.seed", "wb") : NULL;
+        if (fp) {
+            uint16_t l = (uint16_t)b.sb.size;
+            fputc(0, fp);
+            fwrite(&l, 2, 1, fp);
+            fwrite(b.sb.data, 1, b.sb.size, fp);
+            fclose(fp);
+        }
+    }
+    msgpack_sbuffer_destroy(&b.sb);
+
     /* unknown type */
     mp_init(&b);
     env(&b, 7, 1, 99);

@@ -2,10 +2,12 @@
  * JOURNAL_STREAM test, signals through the self-pipe, the loop timeout helper, the watchdog
  * settings and the notify messages (sent to a datagram socket this test binds). The out-of-process
  * daemon behaviour is test_daemon_notify. */
-#include <cmocka.h>
+// clang-format off
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <cmocka.h>
+// clang-format on
 
 #include <errno.h>
 #include <poll.h>

@@ -1,10 +1,12 @@
 /* test_daemon_config.c — the schema-driven INI loader (daemon/config.c) and the two daemon
  * schemas: good files, every kind of bad input with its FILE:LINE message, '#' inside values,
  * reload semantics, the example files in conf/ and their documentation. */
-#include <cmocka.h>
+// clang-format off
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <cmocka.h>
+// clang-format on
 
 #include <stdio.h>
 #include <stdlib.h>

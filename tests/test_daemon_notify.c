@@ -5,10 +5,12 @@
  * READY (good and bad new config), SIGTERM/SIGINT → STOPPING and exit 0, a bad config at start →
  * STATUS=failed + ERRNO and exit 1. Signals are also sent straight to an OpenBLAS worker thread
  * (tgkill): with a signalfd design that would kill the process (SYSTEMS.md §a2). */
-#include <cmocka.h>
+// clang-format off
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <cmocka.h>
+// clang-format on
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,6 +1,9 @@
 # daemon: configuration loader and schemas, journal sink, notify/watchdog, signals, loop helper.
 fs_test(test_daemon_config SOURCES test_daemon_config.c LIBS fs_daemon LABELS unit daemon
     TIMEOUT 60)
+if(FS_HAVE_INIH_RUNTIME_OPTIONS AND TARGET test_daemon_config)
+    target_compile_definitions(test_daemon_config PRIVATE FS_HAVE_INIH_RUNTIME_OPTIONS=1)
+endif()
 fs_test(test_daemon SOURCES test_daemon.c LIBS fs_daemon LABELS unit daemon TIMEOUT 60)
 
 if(NOT FEDSLIM_FUZZ)

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <ini.h>
+
 #include "fs_config.h"
 
 #define Z85_A "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7" /* 40 chars, contains '%' and '@' */
@@ -455,6 +457,37 @@ static void hash_and_semicolon_stay_in_values(void **state) {
     fs_coord_config_free(&c);
 }
 
+/* What the loader guards against: libinih 55 as Debian builds it cuts " ;..." out of values
+ * (inline comments on, prefix ';') but keeps '#'. The loader turns inline comments off for its
+ * own parse and restores the library's settings afterwards. */
+static int collect(void *user, const char *section, const char *name, const char *value)
+{
+    (void)section;
+    (void)name;
+    snprintf(user, 64, "%s", value);
+    return 1;
+}
+
+static void libinih_inline_comments(void **state)
+{
+    (void)state;
+    char got[64] = "";
+    assert_int_equal(ini_parse_string("[s]\na = abc#def ;x\n", collect, got), 0);
+    assert_string_equal(got, "abc#def");
+#ifdef FS_HAVE_INIH_RUNTIME_OPTIONS
+    bool before = ini_allow_inline_comments;
+    lit_cfg v;
+    fs_diag d = {0};
+    const char *text = "[s]\na = abc#def ;x\n";
+    assert_int_equal(fs_cfg_load_string(&lit_schema, "l", text, strlen(text), &v, &d), 0);
+    assert_string_equal(v.a, "abc#def ;x");
+    fs_cfg_free(&lit_schema, &v);
+    assert_true(ini_allow_inline_comments == before);   /* restored */
+    assert_int_equal(ini_parse_string("[s]\na = abc#def ;x\n", collect, got), 0);
+    assert_string_equal(got, "abc#def");
+#endif
+}
+
 static void value_parsers(void **state) {
     (void)state;
     fs_diag d = {0};
@@ -724,6 +757,7 @@ int main(void) {
         cmocka_unit_test(too_many_entries),
         cmocka_unit_test(raw_text_edge_cases),
         cmocka_unit_test(hash_and_semicolon_stay_in_values),
+        cmocka_unit_test(libinih_inline_comments),
         cmocka_unit_test(value_parsers),
         cmocka_unit_test(reload_keeps_old_config_on_error),
         cmocka_unit_test(example_files_load_and_document_every_key),

@@ -514,7 +514,8 @@ static int check_keys(json_t *obj, const char *path, const char *const *allowed,
             ok |= strcmp(key, allowed[i]) == 0;
         }
         if (!ok) {
-            return fail(d, path, "unknown field '%.64s'", key);
+            char pk[64];
+            return fail(d, path, "unknown field '%s'", fs_json_printable(key, pk, sizeof pk));
         }
     }
     return 0;
@@ -877,8 +878,9 @@ int fs_arch_from_json(fs_arch *a, const char *json, size_t len, fs_diag *d)
     json_error_t err;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &err);
     if (!root) {
+        char etext[JSON_ERROR_TEXT_LENGTH];
         return fs_diag_set(d, FS_EFORMAT, "architecture is not valid JSON: %s (line %d, column %d)",
-                           err.text, err.line, err.column);
+                           fs_json_printable(err.text, etext, sizeof etext), err.line, err.column);
     }
     fs_arch *t = calloc(1, sizeof *t);
     int rc;

@@ -19,4 +19,9 @@ size_t fs_json_depth_exceeded(const char *s, size_t len, int limit);
 int fs_json_key_before(const char *s, size_t len, size_t pos, char *out, size_t cap,
                        int *depth_at);
 
+/* Copies `s` into `buf` for an error message: control characters (< 0x20, 0x7f) become '?', and
+ * text longer than cap-1 bytes is cut and ends in "...". Returns buf. Untrusted names and JSON
+ * excerpts go through this so that a hostile file cannot forge log lines. */
+const char *fs_json_printable(const char *s, char *buf, size_t cap);
+
 #endif

@@ -100,29 +100,25 @@ int fs_json_key_before(const char *s, size_t len, size_t pos, char *out, size_t 
 {
     int depth = 0;
     int found = 0;
-    size_t str_begin = 0;
+    int expect_key = 0;         /* at depth 1, after '{' or ',': the next string is a key */
+    int have_cand = 0;          /* that key string just closed; a ':' confirms it */
     size_t cand_begin = 0;
     size_t cand_end = 0;
-    int have_cand = 0;          /* a string just closed at depth 1; a ':' makes it a key */
     if (pos > len) {
         pos = len;
-    }
-    if (cap > 0) {
-        out[0] = '\0';
     }
     for (size_t i = 0; i < pos; i++) {
         char c = s[i];
         if (c == '"') {
-            /* scan the whole string */
-            str_begin = i + 1;
-            size_t j = str_begin;
+            size_t j = i + 1;
             while (j < len && s[j] != '"') {
                 j += (s[j] == '\\') ? 2 : 1;
             }
-            if (depth == 1) {
-                cand_begin = str_begin;
+            if (depth == 1 && expect_key) {
+                cand_begin = i + 1;
                 cand_end = j < len ? j : len;
                 have_cand = 1;
+                expect_key = 0;
             }
             i = j;              /* at the closing quote (or past the end) */
             continue;
@@ -131,6 +127,22 @@ int fs_json_key_before(const char *s, size_t len, size_t pos, char *out, size_t 
             continue;
         }
         if (c == ':' && have_cand && depth == 1) {
+            found = 1;          /* the key of the entry that follows */
+        } else if (have_cand && depth == 1) {
+            found = 0;          /* not a key after all */
+        }
+        have_cand = 0;
+        if (c == '{' || c == '[') {
+            depth++;
+            expect_key = depth == 1 && c == '{';
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == ',' && depth == 1) {
+            expect_key = 1;
+            found = 0;
+        }
+        if (found == 1 && c == ':') {
+            found = 2;          /* remember this key until the next one */
             size_t n = cand_end - cand_begin;
             if (cap > 0) {
                 if (n > cap - 1) {
@@ -139,16 +151,9 @@ int fs_json_key_before(const char *s, size_t len, size_t pos, char *out, size_t 
                 memcpy(out, s + cand_begin, n);
                 out[n] = '\0';
             }
-            found = 1;
-        }
-        have_cand = 0;
-        if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            depth--;
         }
     }
-    /* a key whose string contains `pos` (error inside the key itself) */
+    /* an error inside or right after a key, before its ':' */
     if (have_cand && depth == 1 && cap > 0) {
         size_t n = cand_end - cand_begin;
         if (n > cap - 1) {
@@ -156,12 +161,43 @@ int fs_json_key_before(const char *s, size_t len, size_t pos, char *out, size_t 
         }
         memcpy(out, s + cand_begin, n);
         out[n] = '\0';
-        found = 1;
+        found = 2;
+    }
+    if (!found && cap > 0) {
+        out[0] = '\0';
     }
     if (depth_at) {
         *depth_at = depth;
     }
-    return found;
+    return found != 0;
+}
+
+const char *fs_json_printable(const char *s, char *buf, size_t cap)
+{
+    size_t n = strlen(s);
+    size_t keep = n < cap ? n : (cap > 4 ? cap - 4 : 0);
+    for (size_t i = 0; i < keep; i++) {
+        unsigned char c = (unsigned char)s[i];
+        buf[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    if (keep < n && cap > 4) {
+        memcpy(buf + keep, "...", 3);
+        keep += 3;
+    }
+    if (cap > 0) {
+        buf[keep < cap ? keep : cap - 1] = '\0';
+    }
+    return buf;
+}
+
+static int has_control_chars(const char *s)
+{
+    for (; *s; s++) {
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* ---- reader ---------------------------------------------------------------------------------- */
@@ -246,13 +282,14 @@ static int parse_metadata(fs_safetensors *st, json_t *meta, fs_diag *d)
     json_object_foreach(meta, key, val)
     {
         if (!json_is_string(val)) {
-            return fs_diag_set(d, FS_EFORMAT, "%s: __metadata__['%.200s'] is not a string",
-                               file, key);
+            char pk[96];
+            return fs_diag_set(d, FS_EFORMAT, "%s: __metadata__['%s'] is not a string", file,
+                               fs_json_printable(key, pk, sizeof pk));
         }
         if (strlen(key) > FS_ST_MAX_NAME) {
-            return fs_diag_set(d, FS_EFORMAT,
-                               "%s: __metadata__ key '%.64s...' longer than %d bytes", file, key,
-                               FS_ST_MAX_NAME);
+            char pk[64];
+            return fs_diag_set(d, FS_EFORMAT, "%s: __metadata__ key '%s' longer than %d bytes",
+                               file, fs_json_printable(key, pk, sizeof pk), FS_ST_MAX_NAME);
         }
         /* jansson allows NUL inside strings only with JSON_ALLOW_NUL, which we do not pass */
         char *k = strdup(key);
@@ -292,8 +329,9 @@ static int parse_entry(fs_safetensors *st, fs_st_tensor *t, json_t *obj, fs_diag
     {
         if (strcmp(key, "dtype") != 0 && strcmp(key, "shape") != 0 &&
             strcmp(key, "data_offsets") != 0) {
-            return fs_diag_set(d, FS_EFORMAT, "%s: tensor '%s': unknown field '%.64s'", file,
-                               name, key);
+            char pk[64];
+            return fs_diag_set(d, FS_EFORMAT, "%s: tensor '%s': unknown field '%s'", file, name,
+                               fs_json_printable(key, pk, sizeof pk));
         }
     }
 
@@ -315,8 +353,9 @@ static int parse_entry(fs_safetensors *st, fs_st_tensor *t, json_t *obj, fs_diag
                                "F16, BF16, I8, U8, I32, I64)",
                                file, name, dt);
         }
-        return fs_diag_set(d, FS_EFORMAT, "%s: tensor '%s': unknown dtype '%.32s'", file, name,
-                           dt);
+        char pd[40];
+        return fs_diag_set(d, FS_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", file, name,
+                           fs_json_printable(dt, pd, sizeof pd));
     }
 
     if (!json_is_array(js)) {
@@ -424,32 +463,36 @@ static int parse_header_json(fs_safetensors *st, const char *hdr, size_t hlen, f
         char key[128];
         int depth = 0;
         size_t pos = err.position > 0 ? (size_t)err.position : 0;
-        int have = fs_json_key_before(hdr, hlen, pos, key, sizeof key, &depth);
+        char raw_key[128];
+        char etext[JSON_ERROR_TEXT_LENGTH];
+        int have = fs_json_key_before(hdr, hlen, pos, raw_key, sizeof raw_key, &depth);
+        fs_json_printable(raw_key, key, sizeof key);
+        fs_json_printable(err.text, etext, sizeof etext);
         int in_meta = have && strcmp(key, "__metadata__") == 0;
         if (json_error_code(&err) == json_error_duplicate_key && have) {
             if (in_meta && depth > 1) {
-                return fs_diag_set(d, FS_EFORMAT, "%s: __metadata__: %s", file, err.text);
+                return fs_diag_set(d, FS_EFORMAT, "%s: __metadata__: %s", file, etext);
             }
             if (depth <= 1) {
                 return fs_diag_set(d, FS_EFORMAT, "%s: duplicate tensor '%s' in the header", file,
                                    key);
             }
             return fs_diag_set(d, FS_EFORMAT, "%s: tensor '%s': duplicate field in its entry "
-                               "(%s)", file, key, err.text);
+                               "(%s)", file, key, etext);
         }
         if (in_meta) {
             return fs_diag_set(d, FS_EFORMAT,
                                "%s: header is not valid JSON, in __metadata__: %s (header byte %zu)",
-                               file, err.text, pos);
+                               file, etext, pos);
         }
         if (have) {
             return fs_diag_set(d, FS_EFORMAT,
                                "%s: header is not valid JSON, in the entry of tensor '%s': %s "
                                "(header byte %zu)",
-                               file, key, err.text, pos);
+                               file, key, etext, pos);
         }
         return fs_diag_set(d, FS_EFORMAT, "%s: header is not valid JSON: %s (header byte %zu)",
-                           file, err.text, pos);
+                           file, etext, pos);
     }
     int rc = 0;
     name_idx *ni = NULL;
@@ -474,9 +517,12 @@ static int parse_header_json(fs_safetensors *st, const char *hdr, size_t hlen, f
             continue;
         }
         size_t kl = strlen(key);
-        if (kl == 0 || kl > FS_ST_MAX_NAME) {
-            rc = fs_diag_set(d, FS_EFORMAT, "%s: tensor name '%.64s' is %s", file, key,
-                             kl ? "too long" : "empty");
+        if (kl == 0 || kl > FS_ST_MAX_NAME || has_control_chars(key)) {
+            char pk[64];
+            rc = fs_diag_set(d, FS_EFORMAT, "%s: tensor name '%s' is %s", file,
+                             fs_json_printable(key, pk, sizeof pk),
+                             kl == 0 ? "empty" : kl > FS_ST_MAX_NAME ? "too long"
+                                                                   : "not printable");
             goto out;
         }
         fs_st_tensor *t = &st->tensors[st->n];
@@ -845,8 +891,11 @@ int fs_safetensors_writer_add(fs_safetensors_writer *w, const char *name, fs_st_
                               int ndim, const int64_t *shape, const void *data, fs_diag *d)
 {
     size_t kl = strlen(name);
-    if (kl == 0 || kl > FS_ST_MAX_NAME || strcmp(name, "__metadata__") == 0 || !valid_utf8(name)) {
-        return fs_diag_set(d, FS_EINVAL, "safetensors writer: invalid tensor name '%.64s'", name);
+    if (kl == 0 || kl > FS_ST_MAX_NAME || strcmp(name, "__metadata__") == 0 ||
+        has_control_chars(name) || !valid_utf8(name)) {
+        char pn[64];
+        return fs_diag_set(d, FS_EINVAL, "safetensors writer: invalid tensor name '%s'",
+                           fs_json_printable(name, pn, sizeof pn));
     }
     if ((unsigned)dtype >= FS_ST_NDTYPES) {
         return fs_diag_set(d, FS_EINVAL, "safetensors writer: tensor '%s': invalid dtype %d", name,
@@ -907,10 +956,11 @@ int fs_safetensors_writer_meta(fs_safetensors_writer *w, const char *key, const 
     json_t *v = json_string(value);
     if (kl == 0 || kl > FS_ST_MAX_NAME || !valid_utf8(key) || !v) {
         json_decref(v);
+        char pk[64];
         return fs_diag_set(d, FS_EINVAL,
-                           "safetensors writer: invalid metadata key '%.64s' or value (empty, "
+                           "safetensors writer: invalid metadata key '%s' or value (empty, "
                            "too long or not UTF-8)",
-                           key);
+                           fs_json_printable(key, pk, sizeof pk));
     }
     if (json_object_set_new(w->meta, key, v) != 0) {
         return fs_diag_set(d, FS_ENOMEM, "safetensors writer: out of memory");

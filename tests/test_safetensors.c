@@ -318,6 +318,8 @@ static void writer_round_trip(void **state)
     assert_int_equal(fs_safetensors_writer_add(w, "__metadata__", FS_ST_F32, 1, sb, a, &d),
                      FS_EINVAL);
     assert_int_equal(fs_safetensors_writer_add(w, "bad\xff", FS_ST_F32, 1, sb, a, &d), FS_EINVAL);
+    assert_int_equal(fs_safetensors_writer_add(w, "bad\nname", FS_ST_F32, 1, sb, a, &d), FS_EINVAL);
+    assert_non_null(strstr(d.msg, "'bad?name'"));
     assert_int_equal(fs_safetensors_writer_add(w, "n", (fs_st_dtype)99, 1, sb, a, &d), FS_EINVAL);
 
     char path[512];
@@ -628,6 +630,11 @@ static void rejects_bad_entries(void **state)
               "[1]", FS_EFORMAT, "b.bias", "not a JSON object");
     case_edit("ent4.safetensors", "{\"format\":\"pt\"}", "[]", FS_EFORMAT, NULL,
               "__metadata__ is not a JSON object");
+    /* names that could forge log lines are refused, and printed defanged */
+    case_edit("ent5.safetensors", "\"b.bias\"", "\"b\\nFAKE LOG LINE\"", FS_EFORMAT, NULL,
+              "tensor name 'b?FAKE LOG LINE' is not printable");
+    case_edit("ent6.safetensors", "\"dtype\":\"F32\",\"shape\":[3]",
+              "\"dtype\":\"F\\u0007\",\"shape\":[3]", FS_EFORMAT, "b.bias", "unknown dtype 'F?'");
     expect_error(tmp_path("does-not-exist.safetensors"), FS_EIO, NULL, "cannot open");
 }
 

@@ -463,31 +463,35 @@ static void simd_backward(int impl, float *din, float *dw, const float *dout, co
 
 /* ---- implicit-GEMM path for stride-1 "same" convolutions (KH == KW == 2·pad + 1) ----------
  *
- * No im2col: a chunk of nb images is copied once into zero-padded planes laid out channel-major,
- * Xp[c][i][Hp·Wp] (Hp = H + 2p, Wp = W + 2p, S = Hp·Wp), and row (c, kh, kw) of the virtual
- * column matrix is the plane of channel c shifted by kh·Wp + kw (an offset table). Outputs are
- * computed on the padded grid n = i·S + oh·Wp + ow and the valid part is copied out. The data
+ * No im2col: a chunk of nb images is copied once into zero-padded planes laid out channel-major:
+ * per channel, FRONT zeros, p zero rows, then for each image H rows of W values + p zeros
+ * followed by p zero rows (row stride Wp = W + p, image stride S = (H + p)·Wp: neighbouring rows
+ * and images share their padding). Row (c, kh, kw) of the virtual column matrix is the channel
+ * shifted by kh·Wp + kw - p (an offset table). Outputs are computed on the grid
+ * n = i·S + oh·Wp + ow and the valid part is copied out. The data
  * gradient is the same computation over the zero-padded dout planes with the flipped, transposed
  * weight; the weight gradient reads the padded dout planes shifted by p·Wp + p, whose padding
  * zeroes the grid's junk columns. */
 
 typedef struct {
-    int Wp, S, nb, KK;
+    int Wp, S, nb, KK, front;
     size_t nbS, cs, slack, xp, dp, tmp, wpart, per; /* floats; cs: channel stride of xp, dp */
     size_t tabx, tabd, wt, shared;              /* floats of the shared area */
 } implicit_geom;
 
 static int implicit_ok(const fs_conv2d_shape *s)
 {
-    return s->stride == 1 && s->KH == s->KW && s->KH == 2 * s->pad + 1 && !is_depthwise(s);
+    return s->stride == 1 && s->KH == s->KW && s->KH == 2 * s->pad + 1 && s->pad <= 16 &&
+           !is_depthwise(s);
 }
 
 static implicit_geom implicit_geometry(const fs_conv2d_shape *s)
 {
     implicit_geom g;
     const int p = s->pad, Cg = s->C / s->groups, OCg = s->OC / s->groups;
-    g.Wp = s->W + 2 * p;
-    g.S = (s->H + 2 * p) * g.Wp;
+    g.Wp = s->W + p;
+    g.S = (s->H + p) * g.Wp;
+    g.front = 16;
     g.KK = s->KH * s->KW;
     size_t nb = (512 + (size_t)g.S - 1) / (size_t)g.S;
     size_t mx = (size_t)(s->C > s->OC ? s->C : s->OC);
@@ -502,7 +506,7 @@ static implicit_geom implicit_geometry(const fs_conv2d_shape *s)
     g.nbS = (size_t)g.nb * g.S;
     /* Zeros after each channel's nb planes: the weight gradient reads padded dout rows shifted
      * by p·Wp + p and up to 15 floats past the grid. */
-    g.cs = fs_align_up(g.nbS + (size_t)p * (g.Wp + 1) + 16, 16);
+    g.cs = fs_align_up((size_t)g.front + (size_t)p * g.Wp + g.nbS + 16, 16);
     g.slack = fs_align_up((size_t)s->KH * (g.Wp + 1) + 64, 16);
     g.xp = (size_t)s->C * g.cs + g.slack;
     g.dp = (size_t)s->OC * g.cs + g.slack;
@@ -516,27 +520,28 @@ static implicit_geom implicit_geometry(const fs_conv2d_shape *s)
     return g;
 }
 
-/* dst[c][i][Hp][Wp] = src planes of images 0..nb-1 (`planes` per image, [H][W]) with a zero
- * border of p, then `slack` zeros. */
+/* dst = channel-major padded planes (layout above) of `planes` channels of images 0..nb-1 of src
+ * ([H][W] planes, img_stride floats apart), then `slack` zeros. */
 static void pad_planes(float *dst, const float *src, int planes, int nb, int H, int W, int p,
                        size_t img_stride, const implicit_geom *g)
 {
     const int Wp = g->Wp;
     for (int c = 0; c < planes; c++) {
-        memset(dst + (size_t)c * g->cs + (size_t)nb * g->S, 0,
-               sizeof(float) * (g->cs - (size_t)nb * g->S));
+        float *d = dst + (size_t)c * g->cs;
+        float *end = d + g->cs;
+        memset(d, 0, sizeof(float) * ((size_t)g->front + (size_t)p * Wp));
+        d += (size_t)g->front + (size_t)p * Wp;
         for (int i = 0; i < nb; i++) {
-            float *d = dst + (size_t)c * g->cs + (size_t)i * g->S;
             const float *sp = src + (size_t)i * img_stride + (size_t)c * H * W;
-            memset(d, 0, sizeof(float) * (size_t)p * Wp);
-            d += (size_t)p * Wp;
             for (int h = 0; h < H; h++, d += Wp) {
+                memcpy(d, sp + (size_t)h * W, sizeof(float) * (size_t)W);
                 for (int x = 0; x < p; x++)
-                    d[x] = 0.0f, d[p + W + x] = 0.0f;
-                memcpy(d + p, sp + (size_t)h * W, sizeof(float) * (size_t)W);
+                    d[W + x] = 0.0f;
             }
             memset(d, 0, sizeof(float) * (size_t)p * Wp);
+            d += (size_t)p * Wp;
         }
+        memset(d, 0, sizeof(float) * (size_t)(end - d));
     }
     memset(dst + (size_t)planes * g->cs, 0, sizeof(float) * g->slack);
 }
@@ -547,10 +552,12 @@ static void implicit_tables(ptrdiff_t *tabx, ptrdiff_t *tabd, float *wt, const f
     const int Cg = s->C / s->groups, OCg = s->OC / s->groups, K = s->KH, KK = g->KK;
     for (int c = 0; c < Cg; c++)
         for (int k = 0; k < KK; k++)
-            tabx[c * KK + k] = (ptrdiff_t)c * (ptrdiff_t)g->cs + (k / K) * g->Wp + k % K;
+            tabx[c * KK + k] = (ptrdiff_t)c * (ptrdiff_t)g->cs + g->front + (k / K) * g->Wp +
+                               k % K - s->pad;
     for (int oc = 0; oc < OCg; oc++)
         for (int k = 0; k < KK; k++)
-            tabd[oc * KK + k] = (ptrdiff_t)oc * (ptrdiff_t)g->cs + (k / K) * g->Wp + k % K;
+            tabd[oc * KK + k] = (ptrdiff_t)oc * (ptrdiff_t)g->cs + g->front + (k / K) * g->Wp +
+                                k % K - s->pad;
     if (!need_wt)
         return;
     /* wt[g][c][oc][kh][kw] = w[g·OCg + oc][c][K-1-kh][K-1-kw] */
@@ -601,7 +608,7 @@ static void implicit_backward_chunk(int impl, float *din, float *dw_acc, const f
         const int L = (int)fs_align_up((size_t)N, 16);
         for (int gi = 0; gi < G; gi++)
             fs__ugemm_dot_tab(impl, OCg, Cg * KK, L,
-                              dp + (size_t)gi * OCg * g->cs + (size_t)p * g->Wp + (size_t)p,
+                              dp + (size_t)gi * OCg * g->cs + (size_t)g->front + (size_t)p * g->Wp,
                               (ptrdiff_t)g->cs, xp + (size_t)gi * Cg * g->cs, tabx,
                               dw_acc + (size_t)gi * OCg * Cg * KK, Cg * KK);
     }

@@ -952,6 +952,101 @@ void fs_cfg_free(const fs_cfg_schema *s, void *obj) {
     memset(obj, 0, s->size);
 }
 
+static size_t field_size(fs_cfg_type t) {
+    switch (t) {
+    case FS_CFG_STRING:
+    case FS_CFG_PATH:
+    case FS_CFG_NAME:
+    case FS_CFG_Z85KEY:
+    case FS_CFG_ENDPOINT:
+        return sizeof(char *);
+    case FS_CFG_INT:
+        return sizeof(int64_t);
+    case FS_CFG_DOUBLE:
+        return sizeof(double);
+    case FS_CFG_BOOL:
+        return sizeof(bool);
+    case FS_CFG_DURATION:
+    case FS_CFG_SIZE:
+        return sizeof(uint64_t);
+    case FS_CFG_ENUM:
+        return sizeof(int);
+    case FS_CFG_ENTRIES:
+        return sizeof(fs_cfg_entries);
+    }
+    FS_ASSERT(!"unknown config type");
+    return 0;
+}
+
+typedef struct {
+    const fs_cfg_schema *s;
+    void *cur;
+    void *next;
+    fs_cfg_change_cb cb;
+    void *ud;
+} reload_ctx;
+
+static void on_reload_change(const fs_cfg_key *k, void *ud) {
+    reload_ctx *r = ud;
+    bool applied = !(k->flags & FS_CFG_RESTART);
+    if (!applied) {
+        /* swap, so the result keeps the running value and the new one is freed with the old
+         * struct (strings and entry arrays move by pointer) */
+        unsigned char tmp[sizeof(fs_cfg_entries) > 8 ? sizeof(fs_cfg_entries) : 8];
+        size_t n = field_size(k->type);
+        FS_ASSERT(n <= sizeof tmp);
+        memcpy(tmp, (char *)r->cur + k->offset, n);
+        memcpy((char *)r->cur + k->offset, (char *)r->next + k->offset, n);
+        memcpy((char *)r->next + k->offset, tmp, n);
+    }
+    if (r->cb)
+        r->cb(k, applied, r->ud);
+}
+
+int fs_cfg_reload(const fs_cfg_schema *s, const char *path, void *cur, fs_cfg_change_cb cb,
+                  void *ud, fs_diag *d) {
+    void *next = calloc(1, s->size);
+    if (!next)
+        return fs_diag_set(d, FS_ENOMEM, "%s: out of memory", path);
+    int rc = fs_cfg_load_file(s, path, next, d);
+    if (rc != 0) {
+        free(next);
+        return rc;
+    }
+    /* keys kept at their running value cannot break the cross-key checks of the new file unless
+     * a check mixes restart and reload keys; check again rather than assume */
+    if (s->validate) {
+        void *merged = malloc(s->size);
+        if (!merged) {
+            fs_cfg_free(s, next);
+            free(next);
+            return fs_diag_set(d, FS_ENOMEM, "%s: out of memory", path);
+        }
+        memcpy(merged, next, s->size);
+        for (size_t i = 0; i < s->n_keys; i++) {
+            const fs_cfg_key *k = &s->keys[i];
+            if (k->flags & FS_CFG_RESTART)
+                memcpy((char *)merged + k->offset, (char *)cur + k->offset, field_size(k->type));
+        }
+        fs_diag vd = {0};
+        rc = s->validate(merged, &vd);
+        free(merged); /* shallow copy: owns nothing */
+        if (rc != 0) {
+            fs_cfg_free(s, next);
+            free(next);
+            return fs_diag_set(d, FS_EFORMAT, "%s: %s (with the values that need a restart kept)",
+                               path, vd.msg);
+        }
+    }
+    reload_ctx r = {s, cur, next, cb, ud};
+    fs_cfg_diff(s, cur, next, on_reload_change, &r);
+    /* now `next` holds the result and `cur` the values to drop */
+    fs_cfg_free(s, cur);
+    memcpy(cur, next, s->size);
+    free(next);
+    return 0;
+}
+
 /* One "key = value" line; without the blanks when the line would otherwise be too long. */
 static void write_pair(FILE *f, const char *key, const char *prefix, const char *value) {
     size_t n = strlen(key) + strlen(prefix) + strlen(value);

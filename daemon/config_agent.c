@@ -120,3 +120,8 @@ const fs_cfg_entry *fs_agent_config_dataset(const fs_agent_config *c, const char
     }
     return NULL;
 }
+
+int fs_agent_config_reload(const char *path, fs_agent_config *cur, fs_cfg_change_cb cb, void *ud,
+                           fs_diag *d) {
+    return fs_cfg_reload(&fs_agent_config_schema, path, cur, cb, ud, d);
+}

@@ -131,3 +131,8 @@ int fs_coord_config_load(const char *path, fs_coord_config *out, fs_diag *d) {
 }
 
 void fs_coord_config_free(fs_coord_config *c) { fs_cfg_free(&fs_coord_config_schema, c); }
+
+int fs_coord_config_reload(const char *path, fs_coord_config *cur, fs_cfg_change_cb cb, void *ud,
+                           fs_diag *d) {
+    return fs_cfg_reload(&fs_coord_config_schema, path, cur, cb, ud, d);
+}

@@ -124,6 +124,16 @@ void fs_cfg_free(const fs_cfg_schema *s, void *obj);
 size_t fs_cfg_diff(const fs_cfg_schema *s, const void *a, const void *b,
                    void (*cb)(const fs_cfg_key *key, void *ud), void *ud);
 
+/* Reload in one call: loads `path` into a new struct; on error returns it and leaves `cur`
+ * untouched. On success, for every key whose value changed calls cb(key, applied, ud): keys
+ * flagged FS_CFG_RESTART keep their OLD value in the result (applied = false: the running daemon
+ * still uses the old one; log "takes effect after a restart"), the others take the new value
+ * (applied = true). Then frees the old values and stores the result in `cur`. Returns 0,
+ * FS_EIO, FS_EFORMAT or FS_ENOMEM; `cb` may be NULL. Thread: as fs_cfg_load_file. */
+typedef void (*fs_cfg_change_cb)(const fs_cfg_key *key, bool applied, void *ud);
+FS_MUST_CHECK int fs_cfg_reload(const fs_cfg_schema *s, const char *path, void *cur,
+                                fs_cfg_change_cb cb, void *ud, fs_diag *d);
+
 /* Writes `obj` as an INI file that loads back to an equal configuration (fs_cfg_diff == 0): every
  * section, every key that has a value, durations/sizes in units ("1min 30s", "4MiB"). For
  * `--print-config` and tests. 0 or FS_EIO. Borrows everything. */
@@ -205,8 +215,12 @@ extern const fs_cfg_schema fs_agent_config_schema;
 /* Typed wrappers: load (see fs_cfg_load_file: `out` written on success only) and free. */
 FS_MUST_CHECK int fs_coord_config_load(const char *path, fs_coord_config *out, fs_diag *d);
 void fs_coord_config_free(fs_coord_config *c);
+FS_MUST_CHECK int fs_coord_config_reload(const char *path, fs_coord_config *cur,
+                                         fs_cfg_change_cb cb, void *ud, fs_diag *d);
 FS_MUST_CHECK int fs_agent_config_load(const char *path, fs_agent_config *out, fs_diag *d);
 void fs_agent_config_free(fs_agent_config *c);
+FS_MUST_CHECK int fs_agent_config_reload(const char *path, fs_agent_config *cur,
+                                         fs_cfg_change_cb cb, void *ud, fs_diag *d);
 
 /* The [data] entry called `name`, or NULL. Borrows. */
 const fs_cfg_entry *fs_agent_config_dataset(const fs_agent_config *c, const char *name);

@@ -460,16 +460,14 @@ static void hash_and_semicolon_stay_in_values(void **state) {
 /* What the loader guards against: libinih 55 as Debian builds it cuts " ;..." out of values
  * (inline comments on, prefix ';') but keeps '#'. The loader turns inline comments off for its
  * own parse and restores the library's settings afterwards. */
-static int collect(void *user, const char *section, const char *name, const char *value)
-{
+static int collect(void *user, const char *section, const char *name, const char *value) {
     (void)section;
     (void)name;
     snprintf(user, 64, "%s", value);
     return 1;
 }
 
-static void libinih_inline_comments(void **state)
-{
+static void libinih_inline_comments(void **state) {
     (void)state;
     char got[64] = "";
     assert_int_equal(ini_parse_string("[s]\na = abc#def ;x\n", collect, got), 0);
@@ -482,7 +480,7 @@ static void libinih_inline_comments(void **state)
     assert_int_equal(fs_cfg_load_string(&lit_schema, "l", text, strlen(text), &v, &d), 0);
     assert_string_equal(v.a, "abc#def ;x");
     fs_cfg_free(&lit_schema, &v);
-    assert_true(ini_allow_inline_comments == before);   /* restored */
+    assert_true(ini_allow_inline_comments == before); /* restored */
     assert_int_equal(ini_parse_string("[s]\na = abc#def ;x\n", collect, got), 0);
     assert_string_equal(got, "abc#def");
 #endif
@@ -614,6 +612,51 @@ static void reload_keeps_old_config_on_error(void **state) {
     snprintf(missing, sizeof missing, "%s/nope.conf", g_dir);
     assert_int_equal(fs_coord_config_load(missing, &next, &d), FS_EIO);
     assert_non_null(strstr(d.msg, "nope.conf: cannot open"));
+    unlink(path);
+}
+
+typedef struct {
+    char log[8][48];
+    int n;
+} change_log;
+
+static void on_change(const fs_cfg_key *k, bool applied, void *ud) {
+    change_log *l = ud;
+    if (l->n < 8)
+        snprintf(l->log[l->n++], sizeof l->log[0], "%s %s", k->key, applied ? "applied" : "kept");
+}
+
+/* fs_cfg_reload: restart-only keys keep their running value, the others change. */
+static void reload_helper_keeps_restart_keys(void **state) {
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/reload.conf", g_dir);
+    write_text(path, "[coordinator]\nlisten = tcp://127.0.0.1:7400\nsecret_key = /k\n");
+    fs_coord_config cur;
+    fs_diag d = {0};
+    assert_int_equal(fs_coord_config_load(path, &cur, &d), 0);
+
+    write_text(path, "[coordinator]\nlisten = tcp://127.0.0.1:9999\nsecret_key = /k\n"
+                     "allow_list = /etc/other.allow\n[jobs]\nstep_timeout = 1h\n");
+    change_log log = {0};
+    assert_int_equal(fs_coord_config_reload(path, &cur, on_change, &log, &d), 0);
+    assert_int_equal(log.n, 3);
+    assert_string_equal(log.log[0], "listen kept");
+    assert_string_equal(log.log[1], "allow_list applied");
+    assert_string_equal(log.log[2], "step_timeout applied");
+    assert_string_equal(cur.listen, "tcp://127.0.0.1:7400");
+    assert_string_equal(cur.allow_list, "/etc/other.allow");
+    assert_int_equal(cur.step_timeout, 3600000000ull);
+
+    /* a bad file: error, nothing changes, no callbacks */
+    write_text(path, "[coordinator]\nlisten = tcp://127.0.0.1:7400\nsecret_key = /k\nx = 1\n");
+    log.n = 0;
+    assert_int_equal(fs_coord_config_reload(path, &cur, on_change, &log, &d), FS_EFORMAT);
+    assert_non_null(strstr(d.msg, "reload.conf:4: [coordinator] x: unknown key"));
+    assert_int_equal(log.n, 0);
+    assert_string_equal(cur.allow_list, "/etc/other.allow");
+    assert_int_equal(cur.step_timeout, 3600000000ull);
+    fs_coord_config_free(&cur);
     unlink(path);
 }
 
@@ -760,6 +803,7 @@ int main(void) {
         cmocka_unit_test(libinih_inline_comments),
         cmocka_unit_test(value_parsers),
         cmocka_unit_test(reload_keeps_old_config_on_error),
+        cmocka_unit_test(reload_helper_keeps_restart_keys),
         cmocka_unit_test(example_files_load_and_document_every_key),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

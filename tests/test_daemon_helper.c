@@ -6,7 +6,8 @@
  *   test_daemon_helper CONFIG      (a coordinator configuration file)
  *
  * READY=1 + STATUS=idle threads=N (N = threads in the process), WATCHDOG=1 every WATCHDOG_USEC/2,
- * SIGHUP: RELOADING=1 ..., then READY=1 + STATUS=reloaded threads=T | reload rejected: <error>,
+ * SIGHUP: RELOADING=1 ..., then READY=1 + STATUS=reloaded: A applied, R need a restart; ... |
+ * reload rejected: <error>,
  * SIGTERM/SIGINT: STOPPING=1 + STATUS=stopping, exit 0. Bad CONFIG at start: STATUS=failed: ... +
  * ERRNO=22, exit 1. */
 #include <cblas.h>
@@ -33,11 +34,19 @@ static int count_threads(void) {
     return n;
 }
 
-static void on_changed(const fs_cfg_key *k, void *ud) {
-    (void)ud;
-    fs_log_kv(FS_LOG_NOTICE,
-              (k->flags & FS_CFG_RESTART) ? "changed; takes effect after a restart" : "changed",
-              "KEY", k->key, "SECTION", k->section, NULL);
+typedef struct {
+    int applied;
+    int restart;
+} changes;
+
+static void on_changed(const fs_cfg_key *k, bool applied, void *ud) {
+    changes *c = ud;
+    if (applied)
+        c->applied++;
+    else
+        c->restart++;
+    fs_log_kv(FS_LOG_NOTICE, applied ? "changed" : "changed; takes effect after a restart", "KEY",
+              k->key, "SECTION", k->section, NULL);
 }
 
 int main(int argc, char **argv) {
@@ -101,14 +110,13 @@ int main(int argc, char **argv) {
         while ((sig = fs_signal_next()) > 0) {
             if (sig == SIGHUP) {
                 fs_notify_reloading();
-                fs_coord_config next;
-                if (fs_coord_config_load(argv[1], &next, &d) == 0) {
-                    fs_cfg_diff(&fs_coord_config_schema, &cfg, &next, on_changed, NULL);
-                    fs_coord_config_free(&cfg);
-                    cfg = next;
+                changes ch = {0, 0};
+                if (fs_coord_config_reload(argv[1], &cfg, on_changed, &ch, &d) == 0) {
                     fs_log_set_level(fs_cfg_log_level(cfg.log_level));
-                    snprintf(status, sizeof status, "reloaded threads=%lld",
-                             (long long)cfg.threads);
+                    snprintf(status, sizeof status,
+                             "reloaded: %d applied, %d need a restart; threads=%lld log_level=%s",
+                             ch.applied, ch.restart, (long long)cfg.threads,
+                             fs_cfg_log_levels[cfg.log_level]);
                     fs_notify_ready(status);
                 } else {
                     fs_log_kv(FS_LOG_ERR, "reload rejected", "REASON", d.msg, NULL);

@@ -1,10 +1,12 @@
 /* test_arch.c — architecture descriptions: standard constructors follow torchvision, JSON round
  * trips exactly, the JSON reader names the bad field, and import inference recovers the right
  * architecture from PyTorch-saved state dicts (and refuses files that disagree with it). */
+// clang-format off: cmocka needs these first, in this order
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+// clang-format on
 
 #include <stdio.h>
 #include <stdlib.h>

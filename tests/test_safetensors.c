@@ -2,10 +2,12 @@
  * conversions (against PyTorch and an independent formula), writer round trips, and one negative
  * case per validation rule, each checking the error code and that the message names the file and
  * the tensor. */
+// clang-format off: cmocka needs these first, in this order
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+// clang-format on
 
 #include <math.h>
 #include <stdio.h>

@@ -1,7 +1,8 @@
 /* test_arch.c — architecture descriptions: standard constructors follow torchvision, JSON round
  * trips exactly, the JSON reader names the bad field, and import inference recovers the right
  * architecture from PyTorch-saved state dicts (and refuses files that disagree with it). */
-// clang-format off: cmocka needs these first, in this order
+/* cmocka needs these first, in this order */
+// clang-format off
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -2,7 +2,8 @@
  * conversions (against PyTorch and an independent formula), writer round trips, and one negative
  * case per validation rule, each checking the error code and that the message names the file and
  * the tensor. */
-// clang-format off: cmocka needs these first, in this order
+/* cmocka needs these first, in this order */
+// clang-format off
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -35,6 +35,14 @@ typedef struct {
     float milestones[2];        /* x0.1 at these fractions of the iterations: 0.4, 0.8 */
     uint64_t seed;
     int pad, hflip;             /* augmentation */
+    /* Optional: called after every optimizer step (e.g. to re-apply N:M masks, or a proximal
+     * step on BN scales). it is 0-based; lr is the step's learning rate. */
+    void (*after_step)(void *ud, fs_model *student, long it, float lr);
+    void *after_step_ud;
+    /* Optional: called after the gradients are averaged, before the step (e.g. to add a
+     * sparsity sub-gradient). */
+    void (*before_step)(void *ud, fs_model *student, long it, float lr);
+    void *before_step_ud;
 } fs_recover_config;
 
 /* The defaults of ALGORITHMS.md a.7 (mimic, SGD lr 0.02, momentum 0.9, wd 1e-4, x0.1 at 40% and

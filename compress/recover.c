@@ -116,7 +116,11 @@ int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, co
             goto done;
         }
         float lr = fs_lr_step(c->lr, it, c->iterations, c->milestones, 2, 0.1f);
+        if (c->before_step)
+            c->before_step(c->before_step_ud, student, it, lr);
         fs_optimizer_step(opt, student, lr);
+        if (c->after_step)
+            c->after_step(c->after_step_ud, student, it, lr);
         if (progress && (it % 10 == 9 || it == c->iterations - 1 || it == 0)) {
             double el = fs_now_sec() - t0;
             progress(ud, phase, it + 1, c->iterations, loss,

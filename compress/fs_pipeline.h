@@ -1,0 +1,74 @@
+/*
+ * fs_pipeline.h — a whole compression run: score, plan, apply, recover, calibrate, evaluate, for
+ * one target or a family of targets. `fedslim compress` runs it on a local source; the coordinator
+ * runs the very same pipeline on the federated source.
+ */
+#ifndef FS_PIPELINE_H
+#define FS_PIPELINE_H
+
+#include "fs_compress.h"
+
+enum {
+    FS_METHOD_DROP_BLOCKS = 1 << 0,
+    FS_METHOD_PRUNE_CHANNELS = 1 << 1,
+    FS_METHOD_LOWRANK = 1 << 2,
+    FS_METHOD_NM = 1 << 3,
+    FS_METHOD_INT8 = 1 << 4,
+};
+
+typedef enum { FS_RECOVER_NONE = 0, FS_RECOVER_BN = 1, FS_RECOVER_MIMIC = 2, FS_RECOVER_KD = 3,
+               FS_RECOVER_CE = 4 } fs_recover_kind;
+
+typedef enum { FS_TARGET_LATENCY = 1, FS_TARGET_FLOPS = 2, FS_TARGET_PARAMS = 3 } fs_target_kind;
+
+#define FS_MAX_TARGETS 16
+
+typedef struct {
+    int methods;                    /* FS_METHOD_* bits */
+    fs_recover_kind recover;
+    fs_target_kind target_kind;
+    int n_targets;
+    float targets[FS_MAX_TARGETS];  /* fractions of the teacher's latency / FLOPs / params */
+    fs_practise_config practise;
+    fs_recover_config recovery;     /* objective is set from `recover` */
+    int bn_rounds;                  /* BN re-estimation passes; 0 = one per BN layer (exact) */
+} fs_pipeline_config;
+
+/* Defaults: drop-blocks, feature mimicking, latency 0.75, ALGORITHMS.md a.7 recovery. */
+void fs_pipeline_defaults(fs_pipeline_config *c);
+/* "drop-blocks,prune-channels,lowrank,nm,int8" -> bits; "latency=0.75" -> kind + one target. */
+int fs_pipeline_parse_methods(int *methods, const char *s, fs_diag *d);
+int fs_pipeline_parse_recover(fs_recover_kind *k, const char *s, fs_diag *d);
+int fs_pipeline_parse_target(fs_pipeline_config *c, const char *s, fs_diag *d);
+/* "0.9,0.8,0.7" -> targets (kind unchanged) */
+int fs_pipeline_parse_family(fs_pipeline_config *c, const char *s, fs_diag *d);
+const char *fs_recover_kind_name(fs_recover_kind k);
+const char *fs_target_kind_name(fs_target_kind k);
+
+typedef struct {
+    float target;
+    fs_model *model;                /* owned (fs_pipeline_results_free) */
+    int n_dropped;
+    char dropped[FS_MAX_BLOCKS][32];
+    double objective_before, objective_after;   /* mean recovery objective on the source data */
+    fs_eval_sum on_source;          /* agreement with the teacher (and accuracy if labeled) */
+    int64_t params, flops;
+    double latency_b1, latency_b64; /* seconds per forward pass */
+} fs_pipeline_result;
+
+typedef struct {
+    double latency_b1, latency_b64;
+    int64_t params, flops;
+    fs_eval_sum on_source;
+    int n_scores;
+    fs_block_score scores[FS_MAX_STAGES * FS_MAX_BLOCKS];
+    int n_results;
+    fs_pipeline_result results[FS_MAX_TARGETS];
+} fs_pipeline_output;
+
+/* Runs the pipeline. out: caller-provided, filled; free its models with fs_pipeline_output_free. */
+int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
+                    fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d);
+void fs_pipeline_output_free(fs_pipeline_output *out);
+
+#endif

@@ -1,0 +1,241 @@
+/*
+ * pipeline.c — one compression run over an fs_source: teacher measurements, block scores, and
+ * for each target a plan, a physically smaller student, recovery and measurements.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs_pipeline.h"
+
+void fs_pipeline_defaults(fs_pipeline_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->methods = FS_METHOD_DROP_BLOCKS;
+    c->recover = FS_RECOVER_MIMIC;
+    c->target_kind = FS_TARGET_LATENCY;
+    c->n_targets = 1;
+    c->targets[0] = 0.75f;
+    fs_practise_defaults(&c->practise);
+    fs_recover_defaults(&c->recovery);
+}
+
+int fs_pipeline_parse_methods(int *methods, const char *s, fs_diag *d)
+{
+    static const struct {
+        const char *name;
+        int bit;
+    } names[] = {{"drop-blocks", FS_METHOD_DROP_BLOCKS}, {"prune-channels", FS_METHOD_PRUNE_CHANNELS},
+                 {"lowrank", FS_METHOD_LOWRANK},         {"nm", FS_METHOD_NM},
+                 {"int8", FS_METHOD_INT8}};
+    *methods = 0;
+    const char *p = s;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        int found = 0;
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (strlen(names[i].name) == len && !strncmp(p, names[i].name, len)) {
+                *methods |= names[i].bit;
+                found = 1;
+            }
+        if (!found)
+            return fs_diag_set(d, FS_EINVAL, "methods: '%.*s' is not one of drop-blocks, "
+                               "prune-channels, lowrank, nm, int8", (int)len, p);
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    if (!*methods)
+        return fs_diag_set(d, FS_EINVAL, "methods: none given");
+    return 0;
+}
+
+static const char *RECOVER_NAMES[] = {"none", "bn", "mimic", "kd", "ce"};
+
+const char *fs_recover_kind_name(fs_recover_kind k)
+{
+    return (unsigned)k < 5 ? RECOVER_NAMES[k] : "?";
+}
+
+int fs_pipeline_parse_recover(fs_recover_kind *k, const char *s, fs_diag *d)
+{
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(s, RECOVER_NAMES[i])) {
+            *k = (fs_recover_kind)i;
+            return 0;
+        }
+    return fs_diag_set(d, FS_EINVAL, "recover: '%s' is not one of none, bn, mimic, kd, ce", s);
+}
+
+const char *fs_target_kind_name(fs_target_kind k)
+{
+    return k == FS_TARGET_LATENCY ? "latency" : k == FS_TARGET_FLOPS ? "flops" : "params";
+}
+
+static int parse_fraction(float *out, const char *s, const char *what, fs_diag *d)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || (*end && *end != ',') || !(v > 0 && v <= 1))
+        return fs_diag_set(d, FS_EINVAL, "%s: '%s' is not a fraction in (0, 1]", what, s);
+    *out = (float)v;
+    return (int)(end - s);
+}
+
+int fs_pipeline_parse_target(fs_pipeline_config *c, const char *s, fs_diag *d)
+{
+    const char *eq = strchr(s, '=');
+    if (!eq)
+        return fs_diag_set(d, FS_EINVAL, "target '%s': expected latency=F, flops=F or params=F", s);
+    size_t k = (size_t)(eq - s);
+    if (k == 7 && !strncmp(s, "latency", 7))
+        c->target_kind = FS_TARGET_LATENCY;
+    else if (k == 5 && !strncmp(s, "flops", 5))
+        c->target_kind = FS_TARGET_FLOPS;
+    else if (k == 6 && !strncmp(s, "params", 6))
+        c->target_kind = FS_TARGET_PARAMS;
+    else
+        return fs_diag_set(d, FS_EINVAL, "target '%s': kind must be latency, flops or params", s);
+    int n = parse_fraction(&c->targets[0], eq + 1, "target", d);
+    if (n < 0)
+        return n;
+    if (eq[1 + n])
+        return fs_diag_set(d, FS_EINVAL, "target '%s': one value (use --family for several)", s);
+    c->n_targets = 1;
+    return 0;
+}
+
+int fs_pipeline_parse_family(fs_pipeline_config *c, const char *s, fs_diag *d)
+{
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        if (n == FS_MAX_TARGETS)
+            return fs_diag_set(d, FS_EINVAL, "family: at most %d targets", FS_MAX_TARGETS);
+        int used = parse_fraction(&c->targets[n], p, "family", d);
+        if (used < 0)
+            return used;
+        n++;
+        p += used;
+        if (*p == ',')
+            p++;
+    }
+    if (n == 0)
+        return fs_diag_set(d, FS_EINVAL, "family: no targets");
+    c->n_targets = n;
+    return 0;
+}
+
+static int measure(fs_model *m, const fs_practise_config *pc, double *b1, double *b64,
+                   fs_diag *d)
+{
+    int rc = fs_latency(b1, m, 1, 3 * pc->latency_reps, d);
+    if (rc == 0)
+        rc = fs_latency(b64, m, pc->latency_batch, pc->latency_reps, d);
+    return rc;
+}
+
+static int recover_student(const fs_pipeline_config *c, fs_model *student, fs_source *src,
+                           fs_progress_fn progress, void *ud, fs_pipeline_result *r, fs_diag *d)
+{
+    int rc = fs_source_set_student(src, student, d);
+    if (rc)
+        return rc;
+    fs_objective obj = c->recover == FS_RECOVER_KD   ? FS_OBJ_KD
+                       : c->recover == FS_RECOVER_CE ? FS_OBJ_CE
+                                                     : FS_OBJ_MIMIC;
+    float T = c->recovery.temperature > 0 ? c->recovery.temperature : 4.0f;
+    if (c->recover != FS_RECOVER_CE &&
+        (rc = fs_objective_mean(src, student, obj, T, &r->objective_before, d)) != 0)
+        return rc;
+    if (c->recover == FS_RECOVER_NONE) {
+        r->objective_after = r->objective_before;
+        return 0;
+    }
+    int rounds = c->bn_rounds;
+    if (rounds <= 0)
+        for (int i = 0; i < student->n_nodes; i++)
+            rounds += student->nodes[i].op == FS_NODE_BN;
+    if (progress)
+        progress(ud, "bn re-estimation", 0, rounds, 0, 0);
+    if ((rc = fs_bn_reestimate(src, student, rounds, d)) != 0)
+        return rc;
+    if (c->recover != FS_RECOVER_BN) {
+        fs_recover_config rc_cfg = c->recovery;
+        rc_cfg.objective = obj;
+        rc_cfg.temperature = T;
+        fs_model_set_trainable(student, 1);
+        if ((rc = fs_recover(src, student, &rc_cfg, "recover", progress, ud, NULL, d)) != 0)
+            return rc;
+        if (rc_cfg.mode != FS_MODE_EVAL) {
+            /* trained with batch statistics: give it population statistics for inference */
+            if ((rc = fs_bn_reestimate(src, student, rounds, d)) != 0)
+                return rc;
+        }
+    }
+    if (c->recover != FS_RECOVER_CE)
+        rc = fs_objective_mean(src, student, obj, T, &r->objective_after, d);
+    return rc;
+}
+
+int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
+                    fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d)
+{
+    memset(out, 0, sizeof *out);
+    if (c->methods != FS_METHOD_DROP_BLOCKS)
+        return fs_diag_set(d, FS_EUNSUPPORTED, "this build plans drop-blocks alone; other methods "
+                           "and combinations are not available yet");
+    if (c->target_kind != FS_TARGET_LATENCY)
+        return fs_diag_set(d, FS_EINVAL, "drop-blocks plans for a latency target "
+                           "(--target latency=F)");
+    if (teacher->arch.type != FS_ARCH_RESNET)
+        return fs_diag_set(d, FS_EINVAL, "drop-blocks needs a ResNet teacher");
+    int rc = measure(teacher, &c->practise, &out->latency_b1, &out->latency_b64, d);
+    if (rc)
+        return rc;
+    out->params = fs_model_num_params(teacher);
+    out->flops = fs_model_flops(teacher);
+    if ((rc = fs_source_set_student(src, teacher, d)) != 0 ||
+        (rc = fs_source_evaluate(src, teacher, &out->on_source, d)) != 0)
+        return rc;
+    if ((rc = fs_practise_score(src, teacher, &c->practise, out->scores, &out->n_scores, progress,
+                                ud, d)) != 0)
+        return rc;
+    for (int t = 0; t < c->n_targets; t++) {
+        fs_pipeline_result *r = &out->results[out->n_results];
+        memset(r, 0, sizeof *r);
+        r->target = c->targets[t];
+        int chosen[FS_MAX_STAGES * FS_MAX_BLOCKS], nc = 0;
+        if ((rc = fs_practise_choose(out->scores, out->n_scores, r->target, chosen, &nc, d)) != 0)
+            return rc;
+        const char *names[FS_MAX_STAGES * FS_MAX_BLOCKS];
+        for (int i = 0; i < nc; i++) {
+            names[i] = out->scores[chosen[i]].name;
+            snprintf(r->dropped[i], sizeof r->dropped[i], "%s", names[i]);
+        }
+        r->n_dropped = nc;
+        fs_arch sa;
+        if ((rc = fs_arch_drop_blocks(&sa, &teacher->arch, names, nc, d)) != 0 ||
+            (rc = fs_student_from_teacher(&r->model, &sa, teacher, NULL, 0, d)) != 0)
+            return rc;
+        out->n_results++;
+        if ((rc = recover_student(c, r->model, src, progress, ud, r, d)) != 0)
+            return rc;
+        r->params = fs_model_num_params(r->model);
+        r->flops = fs_model_flops(r->model);
+        if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
+            (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
+void fs_pipeline_output_free(fs_pipeline_output *out)
+{
+    for (int i = 0; i < out->n_results; i++) {
+        fs_model_free(out->results[i].model);
+        out->results[i].model = NULL;
+    }
+    out->n_results = 0;
+}

@@ -15,6 +15,7 @@
  */
 #include <cblas.h>
 #include <limits.h>
+#include <stdint.h>
 #include <omp.h>
 #include <string.h>
 
@@ -637,6 +638,8 @@ static void implicit_run(int impl, int backward, float *out, float *din, float *
                          const fs_conv2d_shape *s)
 {
     const implicit_geom g = implicit_geometry(s);
+    /* The offset tables need 8-byte alignment; callers' work may start at any float. */
+    work = (float *)(void *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     ptrdiff_t *tabx = (ptrdiff_t *)(void *)work;
     ptrdiff_t *tabd = (ptrdiff_t *)(void *)(work + g.tabx);
     float *wt = work + g.tabx + g.tabd;
@@ -683,7 +686,7 @@ static size_t implicit_workspace(const fs_conv2d_shape *s)
     int nchunks = (s->N + g.nb - 1) / g.nb;
     if (nt > nchunks)
         nt = nchunks;
-    return g.shared + (size_t)nt * g.per;
+    return 16 + g.shared + (size_t)nt * g.per; /* 16: room to align the start */
 }
 
 /* ---- forward ------------------------------------------------------------------------------ */

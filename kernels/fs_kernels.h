@@ -6,10 +6,12 @@
  * gradient buffers they are given (the caller zeroes them once per step), except where the comment
  * says "written". Any gradient pointer may be NULL when that gradient is not wanted.
  *
- * Threading policy (SYSTEMS.md d3): cblas_sgemm is called only from serial code; OpenMP
- * parallelises the loops around it with schedule(static); float sums that must be reproducible
- * use per-thread partials added in thread order. Results are bitwise reproducible for a fixed
- * thread count.
+ * Threading policy (SYSTEMS.md d3): cblas_sgemm is called from serial code, except in the
+ * convolution's per-image mode, taken only where d3 item 4 allows it (OpenMP OpenBLAS, or a BLAS
+ * pool of one thread); the convolution's own AVX-512/AVX2 micro-kernels run inside OpenMP loops
+ * over images. OpenMP loops use schedule(static); float sums that must be reproducible use
+ * per-thread partials added in thread order. Results are bitwise reproducible for a fixed thread
+ * count (and implementation). See docs/kernels.md.
  */
 #ifndef FS_KERNELS_H
 #define FS_KERNELS_H
@@ -43,7 +45,9 @@ typedef struct {
 /* Fills OH/OW; 0, or FS_EINVAL if the shape is impossible (groups not dividing C/OC, kernel larger
  * than the padded input, non-positive sizes). */
 int fs_conv2d_shape_init(fs_conv2d_shape *s);
-/* Floats of scratch memory fs_conv2d_forward/backward need for this shape. */
+/* Floats of scratch memory fs_conv2d_forward/backward need for this shape. The size depends on
+ * the thread setting and the implementation (fs_conv2d_set_impl): compute it after both are set,
+ * and again if either changes. */
 size_t fs_conv2d_workspace(const fs_conv2d_shape *s);
 
 /* out [N, OC, OH, OW] written; in [N, C, H, W]; w [OC, C/groups, KH, KW]; bias [OC] or NULL.

@@ -470,8 +470,9 @@ static int parse_header_json(fs_safetensors *st, const char *hdr, size_t hlen, f
         fs_json_printable(err.text, etext, sizeof etext);
         int in_meta = have && strcmp(key, "__metadata__") == 0;
         if (json_error_code(&err) == json_error_duplicate_key && have) {
-            if (in_meta && depth > 1) {
-                return fs_diag_set(d, FS_EFORMAT, "%s: __metadata__: %s", file, etext);
+            if (in_meta) {
+                return fs_diag_set(d, FS_EFORMAT, "%s: __metadata__%s: %s", file,
+                                   depth > 1 ? "" : " appears twice", etext);
             }
             if (depth <= 1) {
                 return fs_diag_set(d, FS_EFORMAT, "%s: duplicate tensor '%s' in the header", file,

@@ -608,6 +608,8 @@ static void rejects_duplicate_tensor(void **state)
               "duplicate tensor");
     case_edit("dup3.safetensors", "\"format\":\"pt\"", "\"format\":\"pt\",\"format\":\"np\"",
               FS_EFORMAT, NULL, "__metadata__: duplicate object key");
+    case_edit("dup4.safetensors", "\"a.weight\"", "\"__metadata__\":{},\"a.weight\"", FS_EFORMAT,
+              NULL, "__metadata__ appears twice");
     case_edit("json7.safetensors", "\"format\":\"pt\"", "\"format\":pt", FS_EFORMAT, NULL,
               "not valid JSON, in __metadata__");
     case_edit("dup2.safetensors", "\"shape\":[3]", "\"shape\":[3],\"shape\":[3]", FS_EFORMAT,

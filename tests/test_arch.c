@@ -72,6 +72,17 @@ static void resnet_constructors_follow_torchvision(void **state)
         }
     }
     round_trip(a);
+    /* compact: plain layers carry no options, and the text says what the schema says */
+    char *json = NULL;
+    assert_int_equal(fs_arch_to_json(a, &json, &d), 0);
+    assert_null(strstr(json, "\"conv\""));
+    assert_null(strstr(json, "\"ds\""));
+    assert_null(strstr(json, "\"origin\""));
+    assert_null(strstr(json, " "));
+    assert_non_null(strstr(json, "{\"version\":1,\"type\":\"resnet\",\"input\":[1,28,28],"));
+    assert_non_null(strstr(json, "{\"mid\":[32],\"stride\":2,\"downsample\":true}"));
+    assert_true(strlen(json) < 1000);
+    free(json);
 
     int depths50[4] = {3, 4, 6, 3};
     int widths50[4] = {64, 128, 256, 512};

@@ -199,6 +199,30 @@ int main(int argc, char **argv)
             fs_free(b.x), fs_free(b.dx), fs_free(b.y), fs_free(b.dy), fs_free(b.w);
             fs_free(b.dw), fs_free(b.work), fs_free(b.A), fs_free(b.B), fs_free(b.Cm);
         }
+        {
+            /* Batch norm (train forward + backward) on the largest activation, [64, 16, 28x28]:
+             * memory-bound passes, reported as ms per call. */
+            fs_bn_shape bs = {.N = BATCH, .C = 16, .HW = 784, .eps = 1e-5f, .momentum = 0.1f};
+            size_t n = (size_t)BATCH * 16 * 784;
+            float *x = xalloc(n), *y = xalloc(n), *dy = xalloc(n), *dx = xalloc(n);
+            float gm[16], bt[16], mean[16], invstd[16], rm[16] = {0}, rv[16] = {0}, dg[16], db[16];
+            randn(x, n, &r), randn(dy, n, &r);
+            for (int c = 0; c < 16; c++)
+                gm[c] = 1.0f, bt[c] = 0.0f;
+            double tb[64];
+            for (int rep = 0; rep <= reps; rep++) {
+                double t0 = now();
+                fs_bn_forward_train(y, mean, invstd, rm, rv, x, gm, bt, &bs);
+                fs_bn_backward_train(dx, dg, db, dy, x, mean, invstd, gm, &bs);
+                double t1 = now();
+                if (rep > 0) /* the first call warms up */
+                    tb[rep - 1] = t1 - t0;
+            }
+            char name[128];
+            snprintf(name, sizeof name, "bn_train_fwd_bwd_64x16x28x28_t%d", T);
+            emit(name, 1e3 * median(tb, reps), "ms", 0);
+            fs_free(x), fs_free(y), fs_free(dy), fs_free(dx);
+        }
         double F = 0, TO = 0, TS = 0;
         for (int d = 0; d < NDIR; d++) {
             char name[128];

@@ -12,6 +12,71 @@
 
 #define CH(x, n, c) ((x) + ((size_t)(n) * C + (size_t)(c)) * HW)
 
+/* Plane sums with 16 independent float lanes (vectorisable, fixed order), lanes added in double.
+ * Each returns the sum over one plane of n values; the caller adds planes in order in double. */
+#define LANES 16
+
+static double lanes_total(const float *acc)
+{
+    double t = 0.0;
+    for (int l = 0; l < LANES; l++)
+        t += acc[l];
+    return t;
+}
+
+static double plane_sum(const float *p, size_t n)
+{
+    float acc[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++)
+            acc[l] += p[i + l];
+    double t = lanes_total(acc);
+    for (; i < n; i++)
+        t += p[i];
+    return t;
+}
+
+/* Σ (p - m)² */
+static double plane_sqdev(const float *p, size_t n, float m)
+{
+    float acc[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) {
+            float d = p[i + l] - m;
+            acc[l] += d * d;
+        }
+    double t = lanes_total(acc);
+    for (; i < n; i++) {
+        double d = (double)p[i] - m;
+        t += d * d;
+    }
+    return t;
+}
+
+/* Σ g and Σ g·(p - m) */
+static void plane_dot(const float *g, const float *p, size_t n, float m, double *sg, double *sgx)
+{
+    float a[LANES] = {0}, b[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) {
+            a[l] += g[i + l];
+            b[l] += g[i + l] * (p[i + l] - m);
+        }
+    double ta = lanes_total(a), tb = lanes_total(b);
+    for (; i < n; i++) {
+        ta += g[i];
+        tb += (double)g[i] * ((double)p[i] - m);
+    }
+    *sg += ta;
+    *sgx += tb;
+}
+
 void fs_bn_forward_train(float *restrict y, float *restrict mean, float *restrict invstd,
                          float *running_mean, float *running_var, const float *restrict x,
                          const float *restrict gamma, const float *restrict beta,
@@ -24,19 +89,17 @@ void fs_bn_forward_train(float *restrict y, float *restrict mean, float *restric
 #pragma omp parallel for schedule(static) num_threads(nthr) if (nthr > 1)
     for (int c = 0; c < C; c++) {
         double sum = 0.0;
-        for (int n = 0; n < N; n++) {
-            const float *p = CH(x, n, c);
-            for (size_t i = 0; i < HW; i++)
-                sum += p[i];
-        }
+        for (int n = 0; n < N; n++)
+            sum += plane_sum(CH(x, n, c), HW);
         double mu = sum / cnt, sq = 0.0;
-        for (int n = 0; n < N; n++) {
-            const float *p = CH(x, n, c);
-            for (size_t i = 0; i < HW; i++) {
-                double d = p[i] - mu;
-                sq += d * d;
-            }
-        }
+        /* Two-pass variance around the float mean, corrected for its rounding in double. */
+        const float muf = (float)mu;
+        for (int n = 0; n < N; n++)
+            sq += plane_sqdev(CH(x, n, c), HW, muf);
+        const double dm = (double)muf - mu;
+        sq -= cnt * dm * dm;
+        if (sq < 0.0)
+            sq = 0.0;
         double var = sq / cnt; /* biased: used for normalising */
         float is = (float)(1.0 / sqrt(var + (double)s->eps));
         float m = (float)mu;
@@ -95,16 +158,8 @@ void fs_bn_backward_train(float *dx, float *dgamma, float *dbeta, const float *d
     for (int c = 0; c < C; c++) {
         const float m = mean[c], is = invstd[c];
         double sdy = 0.0, sdyx = 0.0; /* Σ dy, Σ dy·x̂ */
-        for (int n = 0; n < N; n++) {
-            const float *g = CH(dy, n, c), *p = CH(x, n, c);
-            float a = 0.0f, b = 0.0f;
-            for (size_t i = 0; i < HW; i++) {
-                a += g[i];
-                b += g[i] * (p[i] - m);
-            }
-            sdy += a;
-            sdyx += b;
-        }
+        for (int n = 0; n < N; n++)
+            plane_dot(CH(dy, n, c), CH(x, n, c), HW, m, &sdy, &sdyx);
         sdyx *= is;
         if (dbeta)
             dbeta[c] += (float)sdy;
@@ -141,17 +196,14 @@ void fs_bn_backward_eval(float *dx, float *dgamma, float *dbeta, const float *dy
         const float k = (gamma ? gamma[c] : 1.0f) * is;
         double sdy = 0.0, sdyx = 0.0;
         for (int n = 0; n < N; n++) {
-            const float *g = CH(dy, n, c), *p = CH(x, n, c);
-            float *d = dx ? CH(dx, n, c) : NULL;
-            float a = 0.0f, b = 0.0f;
-            for (size_t i = 0; i < HW; i++) {
-                a += g[i];
-                b += g[i] * (p[i] - m);
-                if (d)
+            const float *g = CH(dy, n, c);
+            plane_dot(g, CH(x, n, c), HW, m, &sdy, &sdyx);
+            if (dx) {
+                float *d = CH(dx, n, c);
+#pragma omp simd
+                for (size_t i = 0; i < HW; i++)
                     d[i] += k * g[i];
             }
-            sdy += a;
-            sdyx += b;
         }
         if (dbeta)
             dbeta[c] += (float)sdy;

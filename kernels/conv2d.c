@@ -810,10 +810,16 @@ static void bias_backward(float *dbias, const float *dout, const fs_conv2d_shape
         double acc = 0.0;
         for (int n = 0; n < s->N; n++) {
             const float *g = dout + ((size_t)n * s->OC + oc) * ohw;
-            float a = 0.0f;
-            for (size_t i = 0; i < ohw; i++)
-                a += g[i];
-            acc += a;
+            float lane[16] = {0}; /* independent lanes: vectorisable, fixed order */
+            size_t i = 0;
+            for (; i + 16 <= ohw; i += 16)
+#pragma omp simd
+                for (int l = 0; l < 16; l++)
+                    lane[l] += g[i + l];
+            for (int l = 0; l < 16; l++)
+                acc += lane[l];
+            for (; i < ohw; i++)
+                acc += g[i];
         }
         dbias[oc] += (float)acc;
     }

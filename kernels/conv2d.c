@@ -373,7 +373,6 @@ static void simd_backward_chunk(int impl, float *din, float *dw_acc, const float
     const int kcol = Cg * s->KH * s->KW, ohw = s->OH * s->OW;
     const size_t plane = (size_t)s->H * s->W, ld = simd_ld(s), L = ld * (size_t)nb;
     const size_t in_img = (size_t)s->C * plane, out_img = (size_t)s->OC * ohw;
-    const int pw = is_pointwise(s);
     for (int g = 0; g < G; g++) {
         const float *wg = w + (size_t)g * OCg * kcol;
         for (int i = 0; i < nb; i++) {
@@ -392,19 +391,12 @@ static void simd_backward_chunk(int impl, float *din, float *dw_acc, const float
             fs__ugemm_dot(impl, OCg, kcol, (int)L, dpad, (ptrdiff_t)L, col, (ptrdiff_t)L,
                           dw_acc + (size_t)g * OCg * kcol, kcol);
         }
-        if (din) {
-            if (pw) { /* din += Wᵀ · dout directly */
-                for (int i = 0; i < nb; i++)
-                    fs__ugemm_nn(impl, kcol, ohw, OCg, wg, 1, kcol, dpad + (size_t)i * ld,
-                                 (ptrdiff_t)L, din + (size_t)(n0 + i) * in_img + (size_t)g * Cg * plane,
-                                 ohw, 1);
-            } else { /* dcol[kcol, L] = Wᵀ · dpad, then col2im per image */
-                fs__ugemm_nn(impl, kcol, (int)L, OCg, wg, 1, kcol, dpad, (ptrdiff_t)L, col,
-                             (ptrdiff_t)L, 0);
-                for (int i = 0; i < nb; i++)
-                    col2im(din + (size_t)(n0 + i) * in_img + (size_t)g * Cg * plane,
-                           col + (size_t)i * ld, Cg, s, L, 1);
-            }
+        if (din) { /* dcol[kcol, L] = Wᵀ · dpad, then col2im per image */
+            fs__ugemm_nn(impl, kcol, (int)L, OCg, wg, 1, kcol, dpad, (ptrdiff_t)L, col,
+                         (ptrdiff_t)L, 0);
+            for (int i = 0; i < nb; i++)
+                col2im(din + (size_t)(n0 + i) * in_img + (size_t)g * Cg * plane,
+                       col + (size_t)i * ld, Cg, s, L, 1);
         }
     }
 }

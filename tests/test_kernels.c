@@ -354,6 +354,69 @@ static void conv_backward_finite_differences(void **state)
     fs_threads_configure(2);
 }
 
+/* All implementations the CPU supports agree with im2col + cblas_sgemm on random data, for shapes
+ * with larger planes and odd sizes (tile tails, chunking, padding shared between rows). */
+static void conv_implementations_agree(void **state)
+{
+    (void)state;
+    /* N, C, H, W, OC, KH, KW, stride, pad, groups, bias */
+    static const conv_case cases[] = {
+        {"3x3 s1 p1 big", 5, 3, 37, 41, 10, 3, 3, 1, 1, 1, 1},
+        {"3x3 s1 p1 wide", 3, 24, 9, 13, 40, 3, 3, 1, 1, 1, 0},
+        {"5x5 s1 p2 g3", 4, 6, 11, 10, 9, 5, 5, 1, 2, 3, 1},
+        {"3x3 s2 p1 big", 4, 5, 33, 30, 7, 3, 3, 2, 1, 1, 1},
+        {"1x1 s1 odd", 7, 13, 5, 3, 11, 1, 1, 1, 0, 1, 1},
+        {"1x1 s2", 6, 8, 15, 15, 16, 1, 1, 2, 0, 1, 0},
+        {"3x3 s1 p0", 3, 4, 10, 9, 5, 3, 3, 1, 0, 1, 0},
+        {"3x3 s1 p2", 3, 4, 6, 6, 5, 3, 3, 1, 2, 1, 1},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const conv_case *c = &cases[k];
+        fs_rng r;
+        fs_rng_seed(&r, 500 + k);
+        fs_threads_configure(2);
+        fs_conv2d_shape s = conv_shape(c);
+        size_t nx = (size_t)s.N * s.C * s.H * s.W, ny = (size_t)s.N * s.OC * s.OH * s.OW;
+        size_t nw = (size_t)s.OC * (s.C / s.groups) * s.KH * s.KW;
+        float *x = rand_normal(&r, nx, 1.0f), *w = rand_normal(&r, nw, 0.3f);
+        float *b = c->bias ? rand_normal(&r, (size_t)s.OC, 1.0f) : NULL;
+        float *g = rand_normal(&r, ny, 1.0f);
+        float *ref[4] = {0};
+        for (int impl = FS_CONV_IMPL_BLAS; impl <= FS_CONV_IMPL_AVX512; impl++) {
+            if (fs_conv2d_set_impl(impl) != 0)
+                continue;
+            for (int mode = MODE_1T; mode <= MODE_2T_IMAGES; mode++) {
+                set_mode(mode);
+                float *work = falloc(fs_conv2d_workspace(&s));
+                float *y = falloc(ny), *dx = falloc(nx), *dw = falloc(nw), *db = falloc(64);
+                fs_conv2d_forward(y, x, w, b, work, &s);
+                fs_conv2d_backward(dx, dw, b ? db : NULL, g, x, w, work, &s);
+                float *out[4] = {y, dx, dw, db};
+                size_t cnt[4] = {ny, nx, nw, b ? (size_t)s.OC : 0};
+                static const char *what[4] = {"y", "dx", "dw", "db"};
+                for (int t = 0; t < 4; t++) {
+                    if (!ref[t]) {
+                        ref[t] = out[t];
+                        continue;
+                    }
+                    char nm[128];
+                    snprintf(nm, sizeof nm, "%s %s (%s, mode %d)", c->name, what[t],
+                             fs_conv2d_impl_name(impl), mode);
+                    /* dw and db sum over many products: compare relative to their scale */
+                    expect_close(nm, out[t], ref[t], cnt[t], t >= 2 ? 2e-3 : 1e-4, 1e-4);
+                    fs_free(out[t]);
+                }
+                fs_free(work);
+            }
+        }
+        for (int t = 0; t < 4; t++)
+            fs_free(ref[t]);
+        fs_free(x), fs_free(w), fs_free(b), fs_free(g);
+    }
+    fs_conv2d_set_impl(FS_CONV_IMPL_AUTO);
+    fs_threads_configure(2);
+}
+
 static void conv_reproducible_with_two_threads(void **state)
 {
     (void)state;
@@ -782,6 +845,7 @@ int main(void)
         cmocka_unit_test(conv_shape_rejects_impossible),
         cmocka_unit_test(conv_forward_matches_torch),
         cmocka_unit_test(conv_backward_finite_differences),
+        cmocka_unit_test(conv_implementations_agree),
         cmocka_unit_test(conv_reproducible_with_two_threads),
         cmocka_unit_test(bn_matches_torch),
         cmocka_unit_test(bn_backward_finite_differences),

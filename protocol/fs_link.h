@@ -113,7 +113,7 @@ int fs_link_server_send_zc(fs_link_server *s, const fs_link_peer *peer, const fs
 /* Per-peer session (expected job/round/step, seq, counters) by allow-list name; created on first
  * use. NULL if `name` is not in the allow-list. Valid until fs_link_server_close. */
 fs_wire_session *fs_link_server_session(fs_link_server *s, const char *name);
-/* Sets the expected job/round/step of every known peer's session. */
+/* Sets the expected job/round/step of every peer's session, including peers first seen later. */
 void fs_link_server_expect_all(fs_link_server *s, const char *job, uint32_t round, uint32_t step);
 /* true if the peer crossed the garbage threshold; its messages are dropped until unquarantined. */
 bool fs_link_server_quarantined(fs_link_server *s, const char *name);

@@ -295,6 +295,9 @@ struct fs_link_server {
     fs_link_stats st;
     fs_ratelimit rl_mon;
     fs_ratelimit rl_proto;
+    bool expect_set; /* fs_link_server_expect_all: also applied to peers first seen later */
+    char expect_job[FS_WIRE_NAME_MAX + 1];
+    uint32_t expect_round, expect_step;
 };
 
 static peer_state *find_peer(fs_link_server *s, const char *name, bool create)
@@ -318,6 +321,8 @@ static peer_state *find_peer(fs_link_server *s, const char *name, bool create)
     snprintf(p->name, sizeof p->name, "%s", name);
     fs_wire_session_init(&p->sess);
     p->sess.garbage_threshold = s->opt.max_garbage;
+    if (s->expect_set)
+        fs_wire_session_expect(&p->sess, s->expect_job, s->expect_round, s->expect_step);
     s->peers[s->n_peers++] = p;
     return p;
 }
@@ -690,6 +695,10 @@ fs_wire_session *fs_link_server_session(fs_link_server *s, const char *name)
 
 void fs_link_server_expect_all(fs_link_server *s, const char *job, uint32_t round, uint32_t step)
 {
+    s->expect_set = true;
+    snprintf(s->expect_job, sizeof s->expect_job, "%s", job ? job : "");
+    s->expect_round = round;
+    s->expect_step = step;
     for (size_t i = 0; i < s->n_peers; i++)
         fs_wire_session_expect(&s->peers[i]->sess, job, round, step);
 }

@@ -1030,8 +1030,9 @@ static int decode_tensors(fs_wire_msg *m, const msgpack_object *arr, const fs_wi
         if (j - i > lim->max_chunks)
             return fs_diag_set(d, FS_EPROTO, "tensor '%s': %zu chunks (limit %zu)", t->name, j - i,
                                lim->max_chunks);
-        /* The size was just proven equal to bytes actually received. */
-        t->data = fs_alloc(total);
+        /* The size was just proven equal to bytes actually received, and the chunks cover every
+         * byte of it: no need to zero the buffer first. */
+        t->data = fs_alloc_uninit(total);
         if (!t->data)
             return fs_diag_set(d, FS_ENOMEM, "tensor '%s': out of memory (%zu bytes)", t->name,
                                total);

@@ -72,6 +72,9 @@ static inline size_t fs_align_up(size_t n, size_t a)
 
 /* 64-byte aligned allocation (zeroed). Returns NULL on failure or size 0 overflow. Free with fs_free. */
 void *fs_alloc(size_t bytes);
+/* Same alignment, NOT zeroed: for buffers the caller overwrites completely (e.g. received tensors),
+ * where zeroing would cost a full extra pass. Free with fs_free. */
+void *fs_alloc_uninit(size_t bytes);
 void fs_free(void *p);
 
 /* Monotonic clock in microseconds / seconds. */

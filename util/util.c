@@ -115,6 +115,16 @@ void *fs_alloc(size_t bytes)
     return p;
 }
 
+void *fs_alloc_uninit(size_t bytes)
+{
+    size_t n;
+    if (bytes == 0)
+        bytes = 64;
+    if (fs_add_size(bytes, 63, &n))
+        return NULL;
+    return aligned_alloc(64, n / 64 * 64);
+}
+
 void fs_free(void *p)
 {
     free(p);

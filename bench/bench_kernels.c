@@ -10,7 +10,9 @@
  *   {"name": ..., "value": ..., "unit": ..., "reference": ..., "ratio": ...}
  * "conv_gemm_efficiency_t<T>" = (conv FLOPs / our time) / (same FLOPs / sgemm time).
  *
- * Usage: bench_kernels [reps (default 5)] [threads list, default "1,2"]
+ * Usage: bench_kernels [reps (default 5)] [threads list, default "1,2"] [layer name filter]
+ *                      [conv implementation: auto | blas | avx2 | avx512]
+ * (with a filter, "" for all, only the matching layers run: for profiling one shape).
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -142,6 +144,19 @@ int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 5;
     const char *tlist = argc > 2 ? argv[2] : "1,2";
+    const char *filter = argc > 3 && argv[3][0] ? argv[3] : NULL;
+    if (argc > 4) {
+        static const char *names[] = {"auto", "blas", "avx2", "avx512"};
+        int impl = -1;
+        for (int i = 0; i < 4; i++)
+            if (strcmp(argv[4], names[i]) == 0)
+                impl = i; /* FS_CONV_IMPL_AUTO .. FS_CONV_IMPL_AVX512 */
+        if (impl < 0 || fs_conv2d_set_impl(impl) != 0) {
+            fprintf(stderr, "bench_kernels: conv implementation '%s' unknown or unsupported\n",
+                    argv[4]);
+            return 2;
+        }
+    }
     if (reps < 1 || reps > 64) {
         fprintf(stderr, "bench_kernels: reps must be 1..64, got '%s'\n", argv[1]);
         return 2;
@@ -165,6 +180,8 @@ int main(int argc, char **argv)
         double flops_dir[NDIR] = {0}, ours_dir[NDIR] = {0}, ref_dir[NDIR] = {0};
         for (int li = 0; li < NLAYERS; li++) {
             const layer *L = &LAYERS[li];
+            if (filter && !strstr(L->name, filter))
+                continue;
             bench_ctx b = {.L = L};
             b.s = (fs_conv2d_shape){.N = BATCH, .C = L->C, .H = L->H, .W = L->H, .OC = L->OC,
                                     .KH = L->K, .KW = L->K, .stride = L->stride, .pad = L->pad,

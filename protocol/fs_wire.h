@@ -22,7 +22,7 @@
 #define FS_WIRE_PROTO 1      /* the major version we speak (envelope key `v`) */
 #define FS_WIRE_PROTO_MIN 1  /* range advertised in HELLO and in ERROR{code:"version"} */
 #define FS_WIRE_PROTO_MAX 1
-#define FS_WIRE_CHUNK_DEFAULT ((size_t)1 << 20) /* bytes per raw frame; see docs (bench_transfer) */
+#define FS_WIRE_CHUNK_DEFAULT ((size_t)256 << 10) /* bytes per raw frame (measured: docs §8) */
 #define FS_WIRE_NAME_MAX 64                     /* job, agent, site, version, kv keys, codes */
 #define FS_WIRE_TEXT_MAX 256                    /* error text, reasons */
 #define FS_WIRE_TENSOR_NAME_MAX 128

@@ -31,7 +31,7 @@
         {.section = "limits",                                                                      \
          .key = "max_message",                                                                     \
          .type = FS_CFG_SIZE,                                                                      \
-         .def = "16MiB",                                                                           \
+         .def = "256MiB",                                                                          \
          .offset = offsetof(TYPE, limits.max_message),                                             \
          .min = 64 * FS_KIB,                                                                       \
          .max = FS_GIB,                                                                            \
@@ -39,7 +39,7 @@
         {.section = "limits",                                                                      \
          .key = "max_frames",                                                                      \
          .type = FS_CFG_INT,                                                                       \
-         .def = "16",                                                                              \
+         .def = "1024",                                                                            \
          .offset = offsetof(TYPE, limits.max_frames),                                              \
          .min = 1,                                                                                 \
          .max = 1024,                                                                              \

@@ -58,8 +58,8 @@ static void coordinator_defaults_apply(void **state) {
     assert_string_equal(fs_cfg_log_levels[c.log_level], "info");
     assert_int_equal(fs_cfg_log_level(c.log_level), 6);
     assert_int_equal(c.limits.chunk_size, 1u << 20);
-    assert_int_equal(c.limits.max_message, 16u << 20);
-    assert_int_equal(c.limits.max_frames, 16);
+    assert_int_equal(c.limits.max_message, 256u << 20);
+    assert_int_equal(c.limits.max_frames, 1024);
     assert_int_equal(c.limits.max_protocol_errors, 10);
     assert_int_equal(c.default_quorum, 0);
     assert_int_equal(c.step_timeout, 600000000ull);
@@ -326,7 +326,7 @@ static void write_then_load_roundtrips(void **state) {
     assert_non_null(strstr(out, "[coordinator]\nlisten = ipc://@fs\n"));
     assert_non_null(strstr(out, "\nstep_timeout = 1h 1ms 3us\n"));
     assert_non_null(strstr(out, "\nchunk_size = 5000B\n"));
-    assert_non_null(strstr(out, "\nmax_message = 16MiB\n"));
+    assert_non_null(strstr(out, "\nmax_message = 256MiB\n"));
     assert_non_null(strstr(out, "\ncheckpoint = no\n"));
     if (fs_cfg_load_string(&fs_coord_config_schema, "out", out, len, &b, &d) != 0)
         fail_msg("%s\n%s", d.msg, out);

@@ -32,6 +32,14 @@ const char *fs_threads_describe(void);
  * Returns only when no re-execution was needed or possible. */
 void fs_blas_select_core(char **argv);
 
+/* OpenBLAS's DYNAMIC_ARCH picks its kernels before main and may fall back to a generic core on
+ * CPUs it does not know (here: Intel family 6 model 207 -> "Prescott", SSE3 kernels, 3-4x slower
+ * GEMM). Returns the OPENBLAS_CORETYPE value that would select proper kernels for this CPU
+ * ("SkylakeX" with AVX-512, "Haswell" with AVX2+FMA) when OpenBLAS runs a generic/SSE core and
+ * OPENBLAS_CORETYPE is not set; NULL when nothing is to gain. A program may then set the variable
+ * and re-execute itself (kernels/ does not). The convolutions do not depend on it. */
+const char *fs_blas_coretype_hint(void);
+
 /* ---- convolution -------------------------------------------------------------------------- */
 
 typedef struct {

@@ -4,6 +4,8 @@
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "fs_kernels.h"
 #include "kernels_internal.h"
@@ -56,8 +58,39 @@ const char *fs_threads_describe(void)
 {
     const char *cfg = openblas_get_config();
     const char *core = openblas_get_corename();
-    snprintf(g_describe, sizeof g_describe, "%s (core %s, %s), %d threads, BLAS pool %d",
+    const char *hint = fs_blas_coretype_hint();
+    snprintf(g_describe, sizeof g_describe, "%s (core %s, %s%s%s%s), %d threads, BLAS pool %d",
              cfg ? cfg : "OpenBLAS ?", core ? core : "?", variant_name(openblas_get_parallel()),
-             fs__threads(), openblas_get_num_threads());
+             hint ? "; generic kernels, OPENBLAS_CORETYPE=" : "", hint ? hint : "",
+             hint ? " would be faster" : "", fs__threads(), openblas_get_num_threads());
     return g_describe;
+}
+
+const char *fs_blas_coretype_hint(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    const char *env = getenv("OPENBLAS_CORETYPE");
+    if (env && *env)
+        return NULL;
+    const char *core = openblas_get_corename();
+    if (!core)
+        return NULL;
+    /* OpenBLAS's pre-AVX x86-64 cores: a fallback on a modern CPU. */
+    static const char *generic[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem",
+                                    "Atom", "Barcelona", "Opteron", "Opteron(SSE3)", "Unknown",
+                                    "Katmai", "Coppermine", "Northwood", "Banias"};
+    int is_generic = 0;
+    for (size_t i = 0; i < sizeof generic / sizeof generic[0]; i++)
+        if (strcmp(core, generic[i]) == 0)
+            is_generic = 1;
+    if (!is_generic)
+        return NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "Haswell";
+#endif
+    return NULL;
 }

@@ -835,6 +835,15 @@ static void threads_describe_names_the_variant(void **state)
     const char *d = fs_threads_describe();
     assert_non_null(strstr(d, "OpenBLAS"));
     assert_true(strstr(d, "pthread") || strstr(d, "openmp") || strstr(d, "serial"));
+    /* A hint is given only for a generic OpenBLAS core, and names a real OpenBLAS core type. */
+    const char *hint = fs_blas_coretype_hint();
+    if (hint) {
+        assert_true(strcmp(hint, "SkylakeX") == 0 || strcmp(hint, "Haswell") == 0);
+        assert_null(strstr(d, "core SkylakeX"));
+        assert_null(strstr(d, "core Cooperlake"));
+        assert_null(strstr(d, "core Haswell"));
+        assert_non_null(strstr(d, "OPENBLAS_CORETYPE="));
+    }
 }
 
 int main(void)

@@ -126,6 +126,7 @@ static int simd_threads(const fs_conv2d_shape *s)
 }
 
 static int implicit_ok(const fs_conv2d_shape *s);
+static int same_conv(const fs_conv2d_shape *s);
 static size_t implicit_workspace(const fs_conv2d_shape *s);
 
 size_t fs_conv2d_workspace(const fs_conv2d_shape *s)
@@ -133,8 +134,14 @@ size_t fs_conv2d_workspace(const fs_conv2d_shape *s)
     if (is_depthwise(s))
         return 0;
     if (fs_conv2d_get_impl() != FS_CONV_IMPL_BLAS)
-        return implicit_ok(s) ? implicit_workspace(s)
-                              : (size_t)simd_threads(s) * simd_thread_floats(s);
+    {
+        size_t simd = (size_t)simd_threads(s) * simd_thread_floats(s);
+        if (!implicit_ok(s))
+            return simd;
+        size_t imp = implicit_workspace(s);
+        /* other than "same" convolutions take the im2col path for the data gradient */
+        return same_conv(s) || imp > simd ? imp : simd;
+    }
     size_t col = fs_align_up(col_floats(s), 16);
     int t = fs__threads();
     if (t <= 1)
@@ -454,41 +461,82 @@ static void simd_backward(int impl, float *din, float *dw, const float *dout, co
     }
 }
 
-/* ---- implicit-GEMM path for stride-1 "same" convolutions (KH == KW == 2·pad + 1) ----------
+/* ---- implicit-GEMM path (micro-kernels): no im2col --------------------------------------------
  *
- * No im2col: a chunk of nb images is copied once into zero-padded planes laid out channel-major:
- * per channel, FRONT zeros, p zero rows, then for each image H rows of W values + p zeros
- * followed by p zero rows (row stride Wp = W + p, image stride S = (H + p)·Wp: neighbouring rows
- * and images share their padding). Row (c, kh, kw) of the virtual column matrix is the channel
- * shifted by kh·Wp + kw - p (an offset table). Outputs are computed on the grid
- * n = i·S + oh·Wp + ow and the valid part is copied out. The data
- * gradient is the same computation over the zero-padded dout planes with the flipped, transposed
- * weight; the weight gradient reads the padded dout planes shifted by p·Wp + p, whose padding
- * zeroes the grid's junk columns. */
+ * With stride s, input row s·oh + kh − p lies in phase a = (kh − p) mod s of the rows, at phase
+ * row oh + dy with dy = floor((kh − p) / s); the same for columns (phase b, shift dx). A chunk of
+ * nb images is copied once into zero-padded phase planes ("regions", one per channel and used
+ * phase (a, b); s = 1: the plane itself), laid out per region as: a head of F + T0·Wr zeros, then
+ * per image Hr rows of Wr floats holding the Hq x Wq phase plane followed by zeros. Rows and images
+ * share their zero borders (Wr >= Wq − dxmin, Hr >= Hq − dymin). Row (c, kh, kw) of the virtual
+ * column matrix is then the region of (c, a, b) shifted by dy·Wr + dx (an offset table), and
+ * outputs are computed on the grid n = i·S + oh·Wr + ow (S = Hr·Wr), the valid part copied out.
+ * The weight gradient takes dot products of dout laid out on the same grid (zeros elsewhere)
+ * with the shifted regions. The data gradient uses this path for stride-1 "same" convolutions
+ * (KH = KW = 2p + 1): the grid of dout is then dout zero-padded by p, and the data gradient is
+ * the same computation with the flipped, transposed weight; other shapes take the im2col path. */
+
+#define IMP_MAX_STRIDE 4
 
 typedef struct {
-    int Wp, S, nb, KK, front;
-    size_t nbS, cs, slack, xp, dp, tmp, wpart, per; /* floats; cs: channel stride of xp, dp */
-    size_t tabx, tabd, wt, shared;              /* floats of the shared area */
+    int st, Hq, Wq, Wr, Hr, T0, F, S, nb, KK, nph;
+    int phase[IMP_MAX_STRIDE][IMP_MAX_STRIDE]; /* region index of used phases, or -1 */
+    size_t nbS, head, cs, slack, xp, dp, tmp, wpart, per; /* floats; cs: region stride */
+    size_t tabx, tabd, wt, shared;                        /* floats of the shared area */
 } implicit_geom;
 
 static int implicit_ok(const fs_conv2d_shape *s)
 {
-    return s->stride == 1 && s->KH == s->KW && s->KH == 2 * s->pad + 1 && s->pad <= 16 &&
-           !is_depthwise(s);
+    return !is_depthwise(s) && s->stride <= IMP_MAX_STRIDE && s->pad <= 16;
+}
+
+static int same_conv(const fs_conv2d_shape *s)
+{
+    return s->stride == 1 && s->KH == s->KW && s->KH == 2 * s->pad + 1;
+}
+
+static int fdiv(int t, int s) /* floor(t / s), s > 0 */
+{
+    return t >= 0 ? t / s : -((-t + s - 1) / s);
+}
+
+static int imax(int a, int b)
+{
+    return a > b ? a : b;
 }
 
 static implicit_geom implicit_geometry(const fs_conv2d_shape *s)
 {
     implicit_geom g;
-    const int p = s->pad, Cg = s->C / s->groups, OCg = s->OC / s->groups;
-    g.Wp = s->W + p;
-    g.S = (s->H + p) * g.Wp;
-    g.front = 16;
+    const int p = s->pad, st = s->stride, Cg = s->C / s->groups, OCg = s->OC / s->groups;
+    g.st = st;
+    g.Hq = (s->H + st - 1) / st;
+    g.Wq = (s->W + st - 1) / st;
+    const int dymin = fdiv(-p, st), dymax = fdiv(s->KH - 1 - p, st);
+    const int dxmin = fdiv(-p, st), dxmax = fdiv(s->KW - 1 - p, st);
+    g.Wr = imax(imax(s->OW, s->OW + dxmax), g.Wq - dxmin);
+    g.Hr = imax(imax(s->OH, s->OH + dymax), g.Hq - dymin);
+    g.T0 = -dymin;
+    g.F = 16; /* >= -dxmin since p <= 16 */
+    g.S = g.Hr * g.Wr;
     g.KK = s->KH * s->KW;
+    g.nph = 0;
+    for (int a = 0; a < IMP_MAX_STRIDE; a++)
+        for (int b = 0; b < IMP_MAX_STRIDE; b++)
+            g.phase[a][b] = -1;
+    for (int kh = 0; kh < s->KH; kh++)
+        for (int kw = 0; kw < s->KW; kw++) {
+            int a = kh - p - st * fdiv(kh - p, st), b = kw - p - st * fdiv(kw - p, st);
+            if (g.phase[a][b] < 0)
+                g.phase[a][b] = 0; /* used; numbered below in (a, b) order */
+        }
+    for (int a = 0; a < st; a++)
+        for (int b = 0; b < st; b++)
+            if (g.phase[a][b] == 0 || g.phase[a][b] > 0)
+                g.phase[a][b] = g.nph++;
     size_t nb = (512 + (size_t)g.S - 1) / (size_t)g.S;
     size_t mx = (size_t)(s->C > s->OC ? s->C : s->OC);
-    size_t budget = (size_t)262144 / (((size_t)s->C + s->OC + mx) * (size_t)g.S);
+    size_t budget = (size_t)262144 / (((size_t)s->C * g.nph + s->OC + mx) * (size_t)g.S);
     if (nb > budget)
         nb = budget;
     int t = fs__threads();
@@ -497,63 +545,101 @@ static implicit_geom implicit_geometry(const fs_conv2d_shape *s)
         nb = fair;
     g.nb = nb < 1 ? 1 : (int)nb;
     g.nbS = (size_t)g.nb * g.S;
-    /* Zeros after each channel's nb planes: the weight gradient reads padded dout rows shifted
-     * by p·Wp + p and up to 15 floats past the grid. */
-    g.cs = fs_align_up((size_t)g.front + (size_t)p * g.Wp + g.nbS + 16, 16);
-    g.slack = fs_align_up((size_t)s->KH * (g.Wp + 1) + 64, 16);
-    g.xp = (size_t)s->C * g.cs + g.slack;
+    g.head = (size_t)g.F + (size_t)g.T0 * g.Wr;
+    /* + 16 zeros: the weight gradient reads dout rows up to 15 floats past the grid. */
+    g.cs = fs_align_up(g.head + g.nbS + 16, 16);
+    g.slack = fs_align_up((size_t)(s->KH + 1) * (size_t)(g.Wr + 1) + 64, 16);
+    g.xp = (size_t)s->C * g.nph * g.cs + g.slack;
     g.dp = (size_t)s->OC * g.cs + g.slack;
     g.tmp = fs_align_up(mx * g.nbS, 16);
     g.wpart = wpart_floats(s);
     g.per = g.xp + g.dp + g.tmp + g.wpart;
     g.tabx = fs_align_up((size_t)Cg * g.KK * 2, 16); /* ptrdiff_t entries, 2 floats each */
     g.tabd = fs_align_up((size_t)OCg * g.KK * 2, 16);
-    g.wt = fs_align_up((size_t)s->OC * Cg * g.KK, 16);
+    g.wt = same_conv(s) ? fs_align_up((size_t)s->OC * Cg * g.KK, 16) : 0;
     g.shared = g.tabx + g.tabd + g.wt;
     return g;
 }
 
-/* dst = channel-major padded planes (layout above) of `planes` channels of images 0..nb-1 of src
- * ([H][W] planes, img_stride floats apart), then `slack` zeros. */
-static void pad_planes(float *dst, const float *src, int planes, int nb, int H, int W, int p,
-                       size_t img_stride, const implicit_geom *g)
+/* One region (layout above) from nb images of one [H][W] plane (img_stride floats apart): phase
+ * (a, b) of stride st, Hq x Wq values per image, zeros elsewhere. */
+static void fill_region(float *d, const float *src, size_t img_stride, int nb, int H, int W,
+                        int st, int a, int b, int Hq, int Wq, const implicit_geom *g)
 {
-    const int Wp = g->Wp;
-    for (int c = 0; c < planes; c++) {
-        float *d = dst + (size_t)c * g->cs;
-        float *end = d + g->cs;
-        memset(d, 0, sizeof(float) * ((size_t)g->front + (size_t)p * Wp));
-        d += (size_t)g->front + (size_t)p * Wp;
-        for (int i = 0; i < nb; i++) {
-            const float *sp = src + (size_t)i * img_stride + (size_t)c * H * W;
-            for (int h = 0; h < H; h++, d += Wp) {
-                memcpy(d, sp + (size_t)h * W, sizeof(float) * (size_t)W);
-                for (int x = 0; x < p; x++)
-                    d[W + x] = 0.0f;
+    float *end = d + g->cs;
+    const int Wr = g->Wr;
+    memset(d, 0, sizeof(float) * g->head);
+    d += g->head;
+    for (int i = 0; i < nb; i++) {
+        const float *sp = src + (size_t)i * img_stride;
+        for (int y = 0; y < g->Hr; y++, d += Wr) {
+            int x = 0;
+            if (y < Hq && st * y + a < H) {
+                const float *row = sp + (size_t)(st * y + a) * W;
+                if (st == 1) {
+                    memcpy(d, row, sizeof(float) * (size_t)Wq);
+                    x = Wq;
+                } else {
+                    for (; x < Wq; x++) {
+                        int ix = st * x + b;
+                        d[x] = ix < W ? row[ix] : 0.0f;
+                    }
+                }
             }
-            memset(d, 0, sizeof(float) * (size_t)p * Wp);
-            d += (size_t)p * Wp;
+            for (; x < Wr; x++)
+                d[x] = 0.0f;
         }
-        memset(d, 0, sizeof(float) * (size_t)(end - d));
     }
-    memset(dst + (size_t)planes * g->cs, 0, sizeof(float) * g->slack);
+    memset(d, 0, sizeof(float) * (size_t)(end - d));
+}
+
+/* All used phase regions of channels [0, C) of images n0 .. n0+nb-1: xp[(c·nph + phase)·cs]. */
+static void fill_input(float *xp, const float *in, int n0, int nb, const fs_conv2d_shape *s,
+                       const implicit_geom *g)
+{
+    const size_t in_img = (size_t)s->C * s->H * s->W;
+    for (int c = 0; c < s->C; c++)
+        for (int a = 0; a < g->st; a++)
+            for (int b = 0; b < g->st; b++)
+                if (g->phase[a][b] >= 0)
+                    fill_region(xp + ((size_t)c * g->nph + (size_t)g->phase[a][b]) * g->cs,
+                                in + (size_t)n0 * in_img + (size_t)c * s->H * s->W, in_img, nb,
+                                s->H, s->W, g->st, a, b, g->Hq, g->Wq, g);
+    memset(xp + (size_t)s->C * g->nph * g->cs, 0, sizeof(float) * g->slack);
+}
+
+/* dout of images n0 .. n0+nb-1 on the output grid: dp[oc·cs]. */
+static void fill_dout(float *dp, const float *dout, int n0, int nb, const fs_conv2d_shape *s,
+                      const implicit_geom *g)
+{
+    const size_t out_img = (size_t)s->OC * s->OH * s->OW;
+    for (int oc = 0; oc < s->OC; oc++)
+        fill_region(dp + (size_t)oc * g->cs, dout + (size_t)n0 * out_img + (size_t)oc * s->OH * s->OW,
+                    out_img, nb, s->OH, s->OW, 1, 0, 0, s->OH, s->OW, g);
+    memset(dp + (size_t)s->OC * g->cs, 0, sizeof(float) * g->slack);
 }
 
 static void implicit_tables(ptrdiff_t *tabx, ptrdiff_t *tabd, float *wt, const float *w,
                             const fs_conv2d_shape *s, const implicit_geom *g, int need_wt)
 {
-    const int Cg = s->C / s->groups, OCg = s->OC / s->groups, K = s->KH, KK = g->KK;
+    const int Cg = s->C / s->groups, OCg = s->OC / s->groups, KH = s->KH, KW = s->KW;
+    const int KK = g->KK, p = s->pad, st = g->st;
     for (int c = 0; c < Cg; c++)
-        for (int k = 0; k < KK; k++)
-            tabx[c * KK + k] = (ptrdiff_t)c * (ptrdiff_t)g->cs + g->front + (k / K) * g->Wp +
-                               k % K - s->pad;
-    for (int oc = 0; oc < OCg; oc++)
-        for (int k = 0; k < KK; k++)
-            tabd[oc * KK + k] = (ptrdiff_t)oc * (ptrdiff_t)g->cs + g->front + (k / K) * g->Wp +
-                                k % K - s->pad;
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++) {
+                int dy = fdiv(kh - p, st), dx = fdiv(kw - p, st);
+                int a = kh - p - st * dy, b = kw - p - st * dx;
+                tabx[c * KK + kh * KW + kw] =
+                    (ptrdiff_t)((size_t)c * g->nph + (size_t)g->phase[a][b]) * (ptrdiff_t)g->cs +
+                    (ptrdiff_t)g->head + (ptrdiff_t)dy * g->Wr + dx;
+            }
     if (!need_wt)
         return;
-    /* wt[g][c][oc][kh][kw] = w[g·OCg + oc][c][K-1-kh][K-1-kw] */
+    /* same_conv only: dout padded by p; wt[g][c][oc][kh][kw] = w[g·OCg + oc][c][K-1-kh][K-1-kw] */
+    for (int oc = 0; oc < OCg; oc++)
+        for (int k = 0; k < KK; k++)
+            tabd[oc * KK + k] = (ptrdiff_t)oc * (ptrdiff_t)g->cs + (ptrdiff_t)g->head +
+                                (ptrdiff_t)(k / KW - p) * g->Wr + (k % KW - p);
     for (int gi = 0; gi < s->groups; gi++)
         for (int c = 0; c < Cg; c++)
             for (int oc = 0; oc < OCg; oc++)
@@ -566,20 +652,20 @@ static void implicit_forward_chunk(int impl, float *out, const float *in, const 
                                    float *buf, const ptrdiff_t *tabx, int n0, int nb,
                                    const fs_conv2d_shape *s, const implicit_geom *g)
 {
-    const int G = s->groups, Cg = s->C / G, OCg = s->OC / G, KK = g->KK, p = s->pad;
-    const size_t in_img = (size_t)s->C * s->H * s->W, ohw = (size_t)s->OH * s->OW;
+    const int G = s->groups, Cg = s->C / G, OCg = s->OC / G, KK = g->KK;
+    const size_t ohw = (size_t)s->OH * s->OW;
     float *xp = buf, *tmp = buf + g->xp + g->dp;
-    pad_planes(xp, in + (size_t)n0 * in_img, s->C, nb, s->H, s->W, p, in_img, g);
+    fill_input(xp, in, n0, nb, s, g);
     const int N = (int)((size_t)nb * g->S);
     for (int gi = 0; gi < G; gi++) {
         fs__ugemm_nn_tab(impl, OCg, N, Cg * KK, w + (size_t)gi * OCg * Cg * KK, Cg * KK, 1,
-                         xp + (size_t)gi * Cg * g->cs, tabx, tmp, (ptrdiff_t)g->nbS, 0);
+                         xp + (size_t)gi * Cg * g->nph * g->cs, tabx, tmp, (ptrdiff_t)g->nbS, 0);
         for (int oc = 0; oc < OCg; oc++)
             for (int i = 0; i < nb; i++) {
                 const float *t = tmp + (size_t)oc * g->nbS + (size_t)i * g->S;
                 float *o = out + (size_t)(n0 + i) * s->OC * ohw + (size_t)(gi * OCg + oc) * ohw;
                 for (int oh = 0; oh < s->OH; oh++)
-                    memcpy(o + (size_t)oh * s->OW, t + (size_t)oh * g->Wp,
+                    memcpy(o + (size_t)oh * s->OW, t + (size_t)oh * g->Wr,
                            sizeof(float) * (size_t)s->OW);
             }
     }
@@ -590,22 +676,20 @@ static void implicit_backward_chunk(int impl, float *din, float *dw_acc, const f
                                     const ptrdiff_t *tabx, const ptrdiff_t *tabd, int n0, int nb,
                                     const fs_conv2d_shape *s, const implicit_geom *g)
 {
-    const int G = s->groups, Cg = s->C / G, OCg = s->OC / G, KK = g->KK, p = s->pad;
-    const size_t in_img = (size_t)s->C * s->H * s->W, out_img = (size_t)s->OC * s->OH * s->OW;
-    const size_t plane = (size_t)s->H * s->W;
+    const int G = s->groups, Cg = s->C / G, OCg = s->OC / G, KK = g->KK;
+    const size_t in_img = (size_t)s->C * s->H * s->W, plane = (size_t)s->H * s->W;
     float *xp = buf, *dp = buf + g->xp, *tmp = buf + g->xp + g->dp;
-    pad_planes(dp, dout + (size_t)n0 * out_img, s->OC, nb, s->OH, s->OW, p, out_img, g);
+    fill_dout(dp, dout, n0, nb, s, g);
     const int N = (int)((size_t)nb * g->S);
     if (dw_acc) {
-        pad_planes(xp, in + (size_t)n0 * in_img, s->C, nb, s->H, s->W, p, in_img, g);
+        fill_input(xp, in, n0, nb, s, g);
         const int L = (int)fs_align_up((size_t)N, 16);
         for (int gi = 0; gi < G; gi++)
-            fs__ugemm_dot_tab(impl, OCg, Cg * KK, L,
-                              dp + (size_t)gi * OCg * g->cs + (size_t)g->front + (size_t)p * g->Wp,
-                              (ptrdiff_t)g->cs, xp + (size_t)gi * Cg * g->cs, tabx,
+            fs__ugemm_dot_tab(impl, OCg, Cg * KK, L, dp + (size_t)gi * OCg * g->cs + g->head,
+                              (ptrdiff_t)g->cs, xp + (size_t)gi * Cg * g->nph * g->cs, tabx,
                               dw_acc + (size_t)gi * OCg * Cg * KK, Cg * KK);
     }
-    if (din) {
+    if (din) { /* same_conv only (checked by the caller) */
         for (int gi = 0; gi < G; gi++) {
             fs__ugemm_nn_tab(impl, Cg, N, OCg * KK, wt + (size_t)gi * Cg * OCg * KK, OCg * KK, 1,
                              dp + (size_t)gi * OCg * g->cs, tabd, tmp, (ptrdiff_t)g->nbS, 0);
@@ -615,7 +699,7 @@ static void implicit_backward_chunk(int impl, float *din, float *dw_acc, const f
                     float *d = din + (size_t)(n0 + i) * in_img + (size_t)(gi * Cg + c) * plane;
                     for (int h = 0; h < s->H; h++) {
                         float *dr = d + (size_t)h * s->W;
-                        const float *tr = t + (size_t)h * g->Wp;
+                        const float *tr = t + (size_t)h * g->Wr;
 #pragma omp simd
                         for (int x = 0; x < s->W; x++)
                             dr[x] += tr[x];
@@ -636,6 +720,7 @@ static void implicit_run(int impl, int backward, float *out, float *din, float *
     ptrdiff_t *tabd = (ptrdiff_t *)(void *)(work + g.tabx);
     float *wt = work + g.tabx + g.tabd;
     float *bufs = work + g.shared;
+    FS_ASSERT(!din || same_conv(s));
     implicit_tables(tabx, tabd, wt, w, s, &g, backward && din);
     const size_t wn = (size_t)s->OC * (s->C / s->groups) * g.KK;
     const int nchunks = (s->N + g.nb - 1) / g.nb;
@@ -830,10 +915,16 @@ void fs_conv2d_backward(float *din, float *dw, float *dbias, const float *dout, 
     }
     const int impl = fs_conv2d_get_impl();
     if (impl != FS_CONV_IMPL_BLAS) {
-        if (implicit_ok(s))
+        if (implicit_ok(s) && same_conv(s)) {
             implicit_run(impl, 1, NULL, din, dw, dout, in, w, work, s);
-        else
+        } else if (implicit_ok(s)) {
+            if (dw)
+                implicit_run(impl, 1, NULL, NULL, dw, dout, in, w, work, s);
+            if (din)
+                simd_backward(impl, din, NULL, dout, in, w, work, s);
+        } else {
             simd_backward(impl, din, dw, dout, in, w, work, s);
+        }
         return;
     }
     const size_t in_img = (size_t)s->C * s->H * s->W, out_img = (size_t)s->OC * s->OH * s->OW;

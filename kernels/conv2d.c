@@ -85,6 +85,18 @@ static size_t simd_ld(const fs_conv2d_shape *s)
     return fs_align_up((size_t)s->OH * s->OW, 32);
 }
 
+/* Images per chunk, at most `want`, such that the chunks split evenly over the team: with
+ * k = ceil(N / (T·want)) chunks per thread, nb = ceil(N / (T·k)). */
+static int balanced_chunk(int N, size_t want)
+{
+    size_t t = (size_t)fs__threads(), n = (size_t)N;
+    if (want < 1)
+        want = 1;
+    size_t k = (n + t * want - 1) / (t * want);
+    size_t nb = (n + t * k - 1) / (t * k);
+    return nb < 1 ? 1 : (int)nb;
+}
+
 /* Images per backward chunk: the dot products of the weight gradient run over chunk·ld columns
  * (long enough to amortise the horizontal sums), the column buffer stays within ~768 KiB (L2),
  * and every thread still gets a chunk. */
@@ -95,11 +107,7 @@ static int simd_chunk(const fs_conv2d_shape *s)
     size_t budget = (size_t)196608 / (kcol * ld);
     if (nb > budget)
         nb = budget;
-    int t = fs__threads();
-    size_t fair = ((size_t)s->N + (size_t)t - 1) / (size_t)t;
-    if (nb > fair)
-        nb = fair;
-    return nb < 1 ? 1 : (int)nb;
+    return balanced_chunk(s->N, nb);
 }
 
 /* Per-thread floats of the micro-kernel path: padded col, padded dout copy, weight partial. */
@@ -477,6 +485,8 @@ static void simd_backward(int impl, float *din, float *dw, const float *dout, co
  * the same computation with the flipped, transposed weight; other shapes take the im2col path. */
 
 #define IMP_MAX_STRIDE 4
+#define IMP_TARGET_FWD 512  /* grid columns per chunk, forward */
+#define IMP_TARGET_BWD 1536 /* backward: longer dot products for the weight gradient */
 
 typedef struct {
     int st, Hq, Wq, Wr, Hr, T0, F, S, nb, KK, nph;
@@ -505,7 +515,9 @@ static int imax(int a, int b)
     return a > b ? a : b;
 }
 
-static implicit_geom implicit_geometry(const fs_conv2d_shape *s)
+/* target: grid columns per chunk (long dot products help the weight gradient; the forward
+ * GEMM gains nothing from more than a few hundred). */
+static implicit_geom implicit_geometry(const fs_conv2d_shape *s, size_t target)
 {
     implicit_geom g;
     const int p = s->pad, st = s->stride, Cg = s->C / s->groups, OCg = s->OC / s->groups;
@@ -534,16 +546,12 @@ static implicit_geom implicit_geometry(const fs_conv2d_shape *s)
         for (int b = 0; b < st; b++)
             if (g.phase[a][b] == 0 || g.phase[a][b] > 0)
                 g.phase[a][b] = g.nph++;
-    size_t nb = (512 + (size_t)g.S - 1) / (size_t)g.S;
+    size_t nb = (target + (size_t)g.S - 1) / (size_t)g.S;
     size_t mx = (size_t)(s->C > s->OC ? s->C : s->OC);
-    size_t budget = (size_t)262144 / (((size_t)s->C * g.nph + s->OC + mx) * (size_t)g.S);
+    size_t budget = (size_t)(target <= 512 ? 262144 : 524288) / (((size_t)s->C * g.nph + s->OC + mx) * (size_t)g.S);
     if (nb > budget)
         nb = budget;
-    int t = fs__threads();
-    size_t fair = ((size_t)s->N + (size_t)t - 1) / (size_t)t;
-    if (nb > fair)
-        nb = fair;
-    g.nb = nb < 1 ? 1 : (int)nb;
+    g.nb = balanced_chunk(s->N, nb);
     g.nbS = (size_t)g.nb * g.S;
     g.head = (size_t)g.F + (size_t)g.T0 * g.Wr;
     /* + 16 zeros: the weight gradient reads dout rows up to 15 floats past the grid. */
@@ -713,7 +721,7 @@ static void implicit_run(int impl, int backward, float *out, float *din, float *
                          const float *dout, const float *in, const float *w, float *work,
                          const fs_conv2d_shape *s)
 {
-    const implicit_geom g = implicit_geometry(s);
+    const implicit_geom g = implicit_geometry(s, backward ? IMP_TARGET_BWD : IMP_TARGET_FWD);
     /* The offset tables need 8-byte alignment; callers' work may start at any float. */
     work = (float *)(void *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     ptrdiff_t *tabx = (ptrdiff_t *)(void *)work;
@@ -756,14 +764,20 @@ static void implicit_run(int impl, int backward, float *out, float *din, float *
     }
 }
 
-static size_t implicit_workspace(const fs_conv2d_shape *s)
+static size_t implicit_workspace_for(const fs_conv2d_shape *s, size_t target)
 {
-    const implicit_geom g = implicit_geometry(s);
+    const implicit_geom g = implicit_geometry(s, target);
     int nt = fs__threads();
     int nchunks = (s->N + g.nb - 1) / g.nb;
     if (nt > nchunks)
         nt = nchunks;
     return 16 + g.shared + (size_t)nt * g.per; /* 16: room to align the start */
+}
+
+static size_t implicit_workspace(const fs_conv2d_shape *s)
+{
+    size_t f = implicit_workspace_for(s, IMP_TARGET_FWD), b = implicit_workspace_for(s, IMP_TARGET_BWD);
+    return f > b ? f : b;
 }
 
 /* ---- forward ------------------------------------------------------------------------------ */

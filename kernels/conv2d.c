@@ -1,17 +1,24 @@
 /*
  * conv2d.c — 2-D convolution (torch.nn.functional.conv2d semantics), forward and backward.
  *
- * General case: im2col PER IMAGE (the column buffer [C/g·KH·KW, OH·OW] stays in L2) followed by
- * cblas_sgemm with the weight seen as a row-major [OC/g, C/g·KH·KW] matrix (SYSTEMS.md d4).
- * 1x1 stride-1 unpadded convolutions use the input plane directly as the GEMM operand.
- * Depthwise convolutions (groups == C == OC) use a direct loop (a GEMM with M = 1 is wasteful).
+ * Three implementations (fs_conv2d_get_impl; docs/kernels.md):
+ *  - micro-kernels (AVX-512 / AVX2, conv_simd.c) with implicit GEMM over zero-padded phase
+ *    planes: forward and weight gradient of every non-depthwise convolution, data gradient of
+ *    stride-1 "same" convolutions (section "implicit-GEMM path" below);
+ *  - micro-kernels with im2col per image (or per chunk of images) into row-padded column buffers:
+ *    the remaining data gradients (section "micro-kernel path");
+ *  - BLAS: im2col PER IMAGE (the column buffer [C/g·KH·KW, OH·OW] stays in L2) followed by
+ *    cblas_sgemm with the weight seen as a row-major [OC/g, C/g·KH·KW] matrix (SYSTEMS.md d4);
+ *    1x1 stride-1 unpadded convolutions use the input plane directly as the GEMM operand.
+ * Depthwise convolutions (groups == C == OC) use direct loops (a GEMM with M = 1 is wasteful).
  *
- * Threading (SYSTEMS.md d3): when BLAS may be called inside a parallel region
- * (fs__blas_in_parallel_ok) and more than one thread is configured, images are distributed over
- * the OpenMP team (schedule(static)), each thread with its own column buffer and its own weight
- * gradient partial, and the partials are added in thread order. Otherwise images are processed
- * one after another, im2col/col2im are OpenMP loops and every GEMM is a serial call that uses the
- * BLAS pool. Either way the result is bitwise reproducible for a fixed thread count.
+ * Threading (SYSTEMS.md d3): the micro-kernel paths distribute chunks of images over the OpenMP
+ * team (schedule(static)), each thread with its own buffers and weight-gradient partial, the
+ * partials added in thread order. BLAS path: when BLAS may be called inside a parallel region
+ * (fs__blas_in_parallel_ok) and more than one thread is configured, the same per-image split with
+ * cblas_sgemm inside; otherwise images are processed one after another, im2col/col2im are OpenMP
+ * loops and every GEMM is a serial call that uses the BLAS pool. Results are bitwise reproducible
+ * for a fixed thread count and implementation.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -497,7 +504,9 @@ typedef struct {
 
 static int implicit_ok(const fs_conv2d_shape *s)
 {
-    return !is_depthwise(s) && s->stride <= IMP_MAX_STRIDE && s->pad <= 16;
+    /* (grid sizes are ints in the micro-kernel calls: keep planes far below 2^31) */
+    return !is_depthwise(s) && s->stride <= IMP_MAX_STRIDE && s->pad <= 16 &&
+           (long long)(s->H + s->KH + s->pad) * (s->W + s->KW + s->pad) < (1LL << 26);
 }
 
 static int same_conv(const fs_conv2d_shape *s)

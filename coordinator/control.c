@@ -731,8 +731,11 @@ static void refuse(int fd, const char *why)
     close(fd);
 }
 
-static void accept_clients(fs_control *c, uint64_t now)
+static void service_range(fs_control *c, int from, fs_control_handler handler, void *ud);
+
+static void accept_clients(fs_control *c, uint64_t now, fs_control_handler handler, void *ud)
 {
+    int first_new = c->n_clients;
     if (!listener_active(c, now)) {
         return;
     }
@@ -749,6 +752,12 @@ static void accept_clients(fs_control *c, uint64_t now)
                 c->accept_paused_until = now + (uint64_t)ACCEPT_PAUSE_MS * 1000u;
             }
             return; /* EAGAIN and anything else: try again at the next poll */
+        }
+        if (c->n_clients >= FS_CONTROL_MAX_CLIENTS) {
+            /* Full: serve the clients accepted in this call first; short-lived ones (a request,
+             * an answer, a close) free their slots at once. */
+            service_range(c, first_new, handler, ud);
+            first_new = c->n_clients;
         }
         if (c->n_clients >= FS_CONTROL_MAX_CLIENTS) {
             char why[96];
@@ -782,12 +791,9 @@ static void accept_clients(fs_control *c, uint64_t now)
     }
 }
 
-void fs_control_service(fs_control *c, fs_control_handler handler, void *ud)
+static void service_range(fs_control *c, int from, fs_control_handler handler, void *ud)
 {
-    FS_ASSERT(c && handler);
-    uint64_t now = fs_now_usec();
-    accept_clients(c, now);
-    for (int i = 0; i < c->n_clients;) {
+    for (int i = from; i < c->n_clients;) {
         const char *why = service_client(c, c->clients[i], handler, ud, fs_now_usec());
         if (why) {
             bool bad = strcmp(why, "done") != 0 && strcmp(why, "peer gone") != 0 &&
@@ -797,4 +803,15 @@ void fs_control_service(fs_control *c, fs_control_handler handler, void *ud)
         }
         i++;
     }
+}
+
+void fs_control_service(fs_control *c, fs_control_handler handler, void *ud)
+{
+    FS_ASSERT(c && handler);
+    /* Existing clients first, so slots of clients that hung up are free before accepting; then
+     * the new ones (a request often arrives together with the connection). */
+    service_range(c, 0, handler, ud);
+    int before = c->n_clients;
+    accept_clients(c, fs_now_usec(), handler, ud);
+    service_range(c, before, handler, ud);
 }

@@ -6,3 +6,6 @@ fs_test(test_control SOURCES test_control.c LIBS fs_coordinator PkgConfig::SODIU
 if(TARGET test_control)
     add_dependencies(test_control fedslimctl)
 endif()
+
+fs_fuzz(fuzz_control SOURCES fuzz_control.c LIBS fs_coordinator
+    CORPUS ${CMAKE_CURRENT_SOURCE_DIR}/corpus/fuzz_control SECONDS 20 MAX_LEN 65536)

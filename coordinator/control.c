@@ -43,7 +43,8 @@ typedef struct {
     size_t out_len;
     size_t out_off;
     size_t out_cap;
-    bool overflow;        /* the response being serialised exceeded FS_CONTROL_MAX_RESPONSE */
+    size_t max_out;       /* response size limit (fs_control.max_response) */
+    bool overflow;        /* the response being serialised exceeded max_out */
     bool eof;             /* the peer shut down its sending side */
     bool more;            /* work left over at the end of fs_control_service (fairness cap) */
     const char *close_reason; /* set: close once the output is sent (protocol error) */
@@ -60,6 +61,7 @@ struct fs_control {
     int n_clients;
     unsigned next_serial;
     uint64_t stall_usec;
+    size_t max_response;
     uint64_t accept_paused_until;
     long current_uid;
 };
@@ -230,6 +232,7 @@ int fs_control_open(fs_control **out, const char *path, const char *group, fs_di
     }
     c->lfd = -1;
     c->stall_usec = (uint64_t)FS_CONTROL_STALL_MS * 1000u;
+    c->max_response = FS_CONTROL_MAX_RESPONSE;
     c->current_uid = -1;
     c->path = dup_str(path);
     if (!c->path) {
@@ -337,10 +340,18 @@ int fs_control_client_count(const fs_control *c)
     return c->n_clients;
 }
 
-void fs_control_set_stall_ms(fs_control *c, int ms)
+void fs_control_set_limits(fs_control *c, int stall_ms, size_t max_response)
 {
-    FS_ASSERT(ms > 0);
-    c->stall_usec = (uint64_t)ms * 1000u;
+    if (stall_ms > 0) {
+        c->stall_usec = (uint64_t)stall_ms * 1000u;
+    }
+    if (max_response > 0) {
+        c->max_response = max_response < FS_CONTROL_MAX_RESPONSE ? max_response
+                                                                  : FS_CONTROL_MAX_RESPONSE;
+    }
+    for (int i = 0; i < c->n_clients; i++) {
+        c->clients[i]->max_out = c->max_response;
+    }
 }
 
 long fs_control_peer_uid(const fs_control *c)
@@ -430,15 +441,15 @@ uint64_t fs_control_deadline(const fs_control *c)
 static int out_reserve(client *cl, size_t more)
 {
     size_t need;
-    if (fs_add_size(cl->out_len, more, &need) != 0 || need > FS_CONTROL_MAX_RESPONSE + 1) {
-        return FS_ENOMEM;
+    if (fs_add_size(cl->out_len, more, &need) != 0 || need > cl->max_out + 1) {
+        return FS_EFORMAT; /* over the response limit (+1: the '\n') */
     }
     if (need <= cl->out_cap) {
         return 0;
     }
     size_t cap = cl->out_cap ? cl->out_cap : 4096;
     while (cap < need) {
-        cap = cap > (FS_CONTROL_MAX_RESPONSE + 1) / 2 ? FS_CONTROL_MAX_RESPONSE + 1 : cap * 2;
+        cap = cap > (cl->max_out + 1) / 2 ? cl->max_out + 1 : cap * 2;
     }
     char *p = realloc(cl->out, cap);
     if (!p) {
@@ -452,8 +463,12 @@ static int out_reserve(client *cl, size_t more)
 static int dump_cb(const char *buf, size_t size, void *data)
 {
     client *cl = data;
-    if (cl->overflow || out_reserve(cl, size) != 0) {
-        cl->overflow = true;
+    if (cl->overflow) {
+        return -1;
+    }
+    int rc = out_reserve(cl, size);
+    if (rc != 0) {
+        cl->overflow = rc == FS_EFORMAT;
         return -1;
     }
     memcpy(cl->out + cl->out_len, buf, size);
@@ -476,7 +491,7 @@ static void queue_json(client *cl, const json_t *resp, const char *cmd)
         cl->out_len = 0;
         cl->overflow = false;
         json_t *e = too_big ? fs_control_error("response to '%s' is too large (more than %zu bytes)",
-                                               cmd, (size_t)FS_CONTROL_MAX_RESPONSE)
+                                               cmd, cl->max_out)
                             : fs_control_error("internal error: cannot encode the response to '%s'",
                                                cmd);
         if (e && json_dump_callback(e, dump_cb, cl, JSON_COMPACT) == 0 &&
@@ -775,6 +790,7 @@ static void accept_clients(fs_control *c, uint64_t now, fs_control_handler handl
         cl->fd = fd;
         cl->serial = ++c->next_serial;
         cl->uid = -1;
+        cl->max_out = c->max_response;
         cl->last_active = now;
         cl->last_output = now;
         struct ucred cred;

@@ -34,7 +34,8 @@
 #define FS_CONTROL_MAX_CLIENTS 32
 /* Descriptors fs_control_fill_* may write: the listening socket plus one per client. */
 #define FS_CONTROL_MAX_FDS (1 + FS_CONTROL_MAX_CLIENTS)
-/* A serialised response larger than this is replaced by an error response (fetch of huge files). */
+/* A serialised response larger than this (without its '\n') is replaced by an error response
+ * (a fetch of huge files). */
 #define FS_CONTROL_MAX_RESPONSE ((size_t)1 << 31)
 /* A client with unsent output that accepts no byte for this long is dropped (default). */
 #define FS_CONTROL_STALL_MS 30000
@@ -93,8 +94,10 @@ int fs_control_client_count(const fs_control *c);
  * log lines ("job canceled by uid 1000"); -1 outside a handler call or if unknown. */
 long fs_control_peer_uid(const fs_control *c);
 
-/* Changes the stall limit (ms > 0; default FS_CONTROL_STALL_MS). For tests and tuning. */
-void fs_control_set_stall_ms(fs_control *c, int ms);
+/* Changes limits, for tests and tuning: the stall limit in ms (default FS_CONTROL_STALL_MS) and
+ * the largest serialised response in bytes (default and maximum FS_CONTROL_MAX_RESPONSE). A value
+ * <= 0 / 0 keeps the current setting. */
+void fs_control_set_limits(fs_control *c, int stall_ms, size_t max_response);
 
 /* Returns owned: {"ok": false, "error": <text>} built with printf-style formatting. The text is
  * made one line (control characters become spaces) and cut at 1000 bytes. NULL only when out of

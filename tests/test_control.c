@@ -225,9 +225,8 @@ static void start_server(int stall_ms)
     fs_diag d = {0};
     memset(&g_srv, 0, sizeof g_srv);
     assert_int_equal(fs_control_open(&g_srv.ctl, g_sock, NULL, &d), 0);
-    if (stall_ms > 0) {
-        fs_control_set_stall_ms(g_srv.ctl, stall_ms);
-    }
+    /* 4 MiB responses at most: the 8 MiB "big" answer exercises the limit */
+    fs_control_set_limits(g_srv.ctl, stall_ms, stall_ms > 0 ? 0 : (size_t)4 << 20);
     g_srv.requests = json_array();
     pthread_mutex_init(&g_srv.mu, NULL);
     assert_int_equal(pipe(g_srv.stop), 0);
@@ -1025,6 +1024,18 @@ static void server_envelope_errors_keep_connection(void **state)
     close(fd);
 }
 
+static void server_response_limit(void **state)
+{
+    (void)state;
+    int fd = raw_connect(g_sock);
+    raw_send(fd, "{\"v\":1,\"cmd\":\"big\"}\n{\"v\":1,\"cmd\":\"jobs\"}\n", 41);
+    expect_error_line(fd, "response to 'big' is too large (more than 4194304 bytes)");
+    json_t *j = raw_json_line(fd); /* the connection goes on */
+    assert_non_null(json_object_get(j, "jobs"));
+    json_decref(j);
+    close(fd);
+}
+
 static void server_over_long_line(void **state)
 {
     (void)state;
@@ -1327,6 +1338,7 @@ int main(void)
         cmocka_unit_test(malformed_responses),
         cmocka_unit_test_setup_teardown(server_rejects_non_json_and_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(server_envelope_errors_keep_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(server_response_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(server_over_long_line, setup, teardown),
         cmocka_unit_test_setup_teardown(server_too_many_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(server_survives_vanishing_clients, setup, teardown),

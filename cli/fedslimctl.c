@@ -30,11 +30,11 @@
 
 #define DEFAULT_SOCKET "/run/fedslim/control.sock"
 #define PROTOCOL_VERSION 1
-#define JOB_FILE_MAX (1u << 20)         /* submit: a job file is small text */
-#define RESPONSE_MAX ((size_t)1 << 32)  /* fetch responses carry whole model files (base64) */
-#define RESPONSE_TIMEOUT_MS 120000      /* no byte from the coordinator for this long: give up */
+#define JOB_FILE_MAX (1u << 20)        /* submit: a job file is small text */
+#define RESPONSE_MAX ((size_t)1 << 32) /* fetch responses carry whole model files (base64) */
+#define RESPONSE_TIMEOUT_MS 120000     /* no byte from the coordinator for this long: give up */
 #define WATCH_INTERVAL_MS 500
-#define WATCH_RETRY_S 60.0              /* watch keeps retrying a lost coordinator this long */
+#define WATCH_RETRY_S 60.0 /* watch keeps retrying a lost coordinator this long */
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
@@ -50,8 +50,7 @@ typedef struct {
 /* ---- messages ------------------------------------------------------------------------------ */
 
 static void fail_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail_msg(const char *fmt, ...)
-{
+static void fail_msg(const char *fmt, ...) {
     va_list ap;
     fputs("fedslimctl: ", stderr);
     va_start(ap, fmt);
@@ -60,8 +59,7 @@ static void fail_msg(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-static void usage(FILE *f)
-{
+static void usage(FILE *f) {
     fputs("usage: fedslimctl [--socket PATH] [--json] COMMAND [ARGS]\n"
           "\n"
           "commands:\n"
@@ -77,15 +75,15 @@ static void usage(FILE *f)
           "options:\n"
           "  --socket PATH       control socket (default $FEDSLIM_CONTROL_SOCKET or " DEFAULT_SOCKET
           ")\n"
-          "  --json              print the coordinator's JSON response (one line per update for watch)\n"
+          "  --json              print the coordinator's JSON response (one line per update for "
+          "watch)\n"
           "  --help, --version\n",
           f);
 }
 
 /* Copies untrusted text for the terminal: control characters become '?', at most cap-1 bytes,
  * cut on a UTF-8 boundary. */
-static const char *clean(char *dst, size_t cap, const char *src)
-{
+static const char *clean(char *dst, size_t cap, const char *src) {
     size_t n = 0;
     if (!src) {
         src = "-";
@@ -108,8 +106,7 @@ static const char *clean(char *dst, size_t cap, const char *src)
 }
 
 /* Display width of UTF-8 text: code points (good enough for names and numbers). */
-static size_t text_width(const char *s)
-{
+static size_t text_width(const char *s) {
     size_t w = 0;
     for (; *s; s++) {
         if (((unsigned char)*s & 0xC0) != 0x80) {
@@ -121,8 +118,7 @@ static size_t text_width(const char *s)
 
 /* ---- the connection ---------------------------------------------------------------------- */
 
-static int conn_open(conn *c, bool quiet, char *why, size_t why_cap)
-{
+static int conn_open(conn *c, bool quiet, char *why, size_t why_cap) {
     struct sockaddr_un sa;
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
@@ -157,8 +153,7 @@ static int conn_open(conn *c, bool quiet, char *why, size_t why_cap)
                      "group fedslim or use sudo",
                      c->path);
         } else {
-            snprintf(why, why_cap, "cannot reach the coordinator at %s: %s", c->path,
-                     strerror(e));
+            snprintf(why, why_cap, "cannot reach the coordinator at %s: %s", c->path, strerror(e));
         }
         if (!quiet) {
             fail_msg("%s", why);
@@ -170,8 +165,7 @@ static int conn_open(conn *c, bool quiet, char *why, size_t why_cap)
     return EXIT_OK;
 }
 
-static void conn_close(conn *c)
-{
+static void conn_close(conn *c) {
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
@@ -182,8 +176,7 @@ static void conn_close(conn *c)
     c->cap = 0;
 }
 
-static int send_all(int fd, const char *p, size_t n)
-{
+static int send_all(int fd, const char *p, size_t n) {
     while (n > 0) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) {
@@ -200,8 +193,7 @@ static int send_all(int fd, const char *p, size_t n)
 
 /* One request, one response. On EXIT_OK *resp is an object with a boolean "ok" (owned). On
  * failure the reason is in why (already printed unless quiet). */
-static int conn_call(conn *c, json_t *req, json_t **resp, bool quiet, char *why, size_t why_cap)
-{
+static int conn_call(conn *c, json_t *req, json_t **resp, bool quiet, char *why, size_t why_cap) {
     *resp = NULL;
     char *line = json_dumps(req, JSON_COMPACT);
     if (!line) {
@@ -230,7 +222,8 @@ static int conn_call(conn *c, json_t *req, json_t **resp, bool quiet, char *why,
         }
         scanned = c->len;
         if (c->len >= RESPONSE_MAX) {
-            snprintf(why, why_cap, "malformed response from the coordinator at %s: longer than %zu bytes",
+            snprintf(why, why_cap,
+                     "malformed response from the coordinator at %s: longer than %zu bytes",
                      c->path, (size_t)RESPONSE_MAX);
             goto fail;
         }
@@ -284,9 +277,10 @@ static int conn_call(conn *c, json_t *req, json_t **resp, bool quiet, char *why,
     }
     if (!json_is_object(r) || !json_is_boolean(json_object_get(r, "ok"))) {
         json_decref(r);
-        snprintf(why, why_cap,
-                 "malformed response from the coordinator at %s: not an object with a boolean \"ok\"",
-                 c->path);
+        snprintf(
+            why, why_cap,
+            "malformed response from the coordinator at %s: not an object with a boolean \"ok\"",
+            c->path);
         goto fail;
     }
     *resp = r;
@@ -300,28 +294,23 @@ fail:
 
 /* ---- reading responses ------------------------------------------------------------------- */
 
-static bool is_ok(const json_t *resp)
-{
-    return json_is_true(json_object_get(resp, "ok"));
-}
+static bool is_ok(const json_t *resp) { return json_is_true(json_object_get(resp, "ok")); }
 
 /* Prints the error of an ok=false response (exit status 1). */
-static int print_error(const json_t *resp)
-{
+static int print_error(const json_t *resp) {
     const char *e = json_string_value(json_object_get(resp, "error"));
     char text[2048];
-    fail_msg("%s", e ? clean(text, sizeof text, e) : "the coordinator reported an error without text");
+    fail_msg("%s",
+             e ? clean(text, sizeof text, e) : "the coordinator reported an error without text");
     return EXIT_FAIL;
 }
 
-static int malformed(const conn *c, const char *what)
-{
+static int malformed(const conn *c, const char *what) {
     fail_msg("malformed response from the coordinator at %s: %s", c->path, what);
     return EXIT_FAIL;
 }
 
-static void print_json(const json_t *v)
-{
+static void print_json(const json_t *v) {
     char *s = json_dumps(v, JSON_COMPACT);
     if (s) {
         puts(s);
@@ -331,8 +320,7 @@ static void print_json(const json_t *v)
 }
 
 /* Typed field getters for untrusted objects: false if present with the wrong type. */
-static bool get_str(const json_t *o, const char *k, const char **out, bool nullable)
-{
+static bool get_str(const json_t *o, const char *k, const char **out, bool nullable) {
     json_t *v = json_object_get(o, k);
     if (json_is_string(v)) {
         *out = json_string_value(v);
@@ -345,8 +333,7 @@ static bool get_str(const json_t *o, const char *k, const char **out, bool nulla
     return false;
 }
 
-static bool get_int(const json_t *o, const char *k, long long *out, bool nullable, bool *present)
-{
+static bool get_int(const json_t *o, const char *k, long long *out, bool nullable, bool *present) {
     json_t *v = json_object_get(o, k);
     if (present) {
         *present = json_is_integer(v);
@@ -359,8 +346,7 @@ static bool get_int(const json_t *o, const char *k, long long *out, bool nullabl
     return nullable && (!v || json_is_null(v));
 }
 
-static bool get_num(const json_t *o, const char *k, double *out, bool *present)
-{
+static bool get_num(const json_t *o, const char *k, double *out, bool *present) {
     json_t *v = json_object_get(o, k);
     *present = json_is_number(v);
     *out = json_is_number(v) ? json_number_value(v) : 0.0;
@@ -381,8 +367,7 @@ typedef struct {
     size_t cap;
 } table;
 
-static char *table_row(table *t)
-{
+static char *table_row(table *t) {
     if (t->rows == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 16;
         void *p = realloc(t->cells, cap * sizeof *t->cells);
@@ -396,8 +381,7 @@ static char *table_row(table *t)
     return t->cells[t->rows++][0];
 }
 
-static void table_print(const table *t)
-{
+static void table_print(const table *t) {
     size_t w[MAX_COLS];
     for (int j = 0; j < t->ncols; j++) {
         w[j] = text_width(t->head[j]);
@@ -425,8 +409,7 @@ static void table_print(const table *t)
 }
 
 /* "0-4,7,9" from an array of integers (runs of consecutive values compressed). */
-static bool format_classes(const json_t *arr, char *out, size_t cap)
-{
+static bool format_classes(const json_t *arr, char *out, size_t cap) {
     size_t n = json_array_size(arr);
     out[0] = '\0';
     if (n == 0) {
@@ -466,8 +449,7 @@ static bool format_classes(const json_t *arr, char *out, size_t cap)
     return true;
 }
 
-static void format_ago(double s, char *out, size_t cap)
-{
+static void format_ago(double s, char *out, size_t cap) {
     if (s < 0) {
         s = 0;
     }
@@ -484,8 +466,7 @@ static void format_ago(double s, char *out, size_t cap)
     }
 }
 
-static void format_time(long long t, bool present, char *out, size_t cap)
-{
+static void format_time(long long t, bool present, char *out, size_t cap) {
     if (!present) {
         snprintf(out, cap, "-");
         return;
@@ -497,8 +478,7 @@ static void format_time(long long t, bool present, char *out, size_t cap)
     }
 }
 
-static void format_duration(double s, char *out, size_t cap)
-{
+static void format_duration(double s, char *out, size_t cap) {
     if (s < 0 || s != s) {
         s = 0;
     }
@@ -512,16 +492,14 @@ static void format_duration(double s, char *out, size_t cap)
 
 /* ---- commands ------------------------------------------------------------------------------- */
 
-static json_t *request(const char *cmd)
-{
+static json_t *request(const char *cmd) {
     return json_pack("{s:i, s:s}", "v", PROTOCOL_VERSION, "cmd", cmd);
 }
 
 /* Sends one request (owned: freed here) and handles transport errors, ok=false and --json.
  * Returns EXIT_OK with *resp (owned) for the caller to print; any other value is the exit status
  * (message printed). */
-static int call(conn *c, json_t *req, json_t **resp)
-{
+static int call(conn *c, json_t *req, json_t **resp) {
     *resp = NULL;
     if (!req) {
         fail_msg("out of memory");
@@ -549,8 +527,7 @@ static int call(conn *c, json_t *req, json_t **resp)
     return EXIT_OK;
 }
 
-static int cmd_agents(conn *c)
-{
+static int cmd_agents(conn *c) {
     json_t *resp;
     int rc = call(c, request("agents"), &resp);
     if (rc != EXIT_OK) {
@@ -566,15 +543,14 @@ static int cmd_agents(conn *c)
         json_decref(resp);
         return EXIT_OK;
     }
-    table t = {.ncols = 8,
-               .head = {"NAME", "STATE", "ADDRESS", "SAMPLES", "LABELED", "CLASSES", "LAST SEEN",
-                        "JOB"},
-               .right = {false, false, false, true, true, false, false, false}};
+    table t = {
+        .ncols = 8,
+        .head = {"NAME", "STATE", "ADDRESS", "SAMPLES", "LABELED", "CLASSES", "LAST SEEN", "JOB"},
+        .right = {false, false, false, true, true, false, false, false}};
     size_t i;
     json_t *a;
     rc = EXIT_OK;
-    json_array_foreach(agents, i, a)
-    {
+    json_array_foreach(agents, i, a) {
         const char *name;
         const char *addr;
         const char *job;
@@ -586,7 +562,8 @@ static int cmd_agents(conn *c)
         json_t *classes = json_object_get(a, "classes");
         if (!json_is_object(a) || !get_str(a, "name", &name, false) ||
             !get_str(a, "address", &addr, true) || !get_str(a, "job", &job, true) ||
-            !get_int(a, "n_samples", &ns, true, NULL) || !get_int(a, "n_labeled", &nl, true, NULL) ||
+            !get_int(a, "n_samples", &ns, true, NULL) ||
+            !get_int(a, "n_labeled", &nl, true, NULL) ||
             !get_num(a, "last_seen_s", &seen, &seen_p) || !json_is_boolean(connected) ||
             !(classes == NULL || json_is_null(classes) || json_is_array(classes))) {
             rc = malformed(c, "an agent entry has missing or mistyped fields");
@@ -628,8 +605,7 @@ static int cmd_agents(conn *c)
     return rc;
 }
 
-static int cmd_jobs(conn *c)
-{
+static int cmd_jobs(conn *c) {
     json_t *resp;
     int rc = call(c, request("jobs"), &resp);
     if (rc != EXIT_OK) {
@@ -645,14 +621,13 @@ static int cmd_jobs(conn *c)
         json_decref(resp);
         return EXIT_OK;
     }
-    table t = {.ncols = 8,
-               .head = {"ID", "NAME", "STATE", "PHASE", "ROUND", "SUBMITTED", "STARTED",
-                        "FINISHED"},
-               .right = {false, false, false, false, true, false, false, false}};
+    table t = {
+        .ncols = 8,
+        .head = {"ID", "NAME", "STATE", "PHASE", "ROUND", "SUBMITTED", "STARTED", "FINISHED"},
+        .right = {false, false, false, false, true, false, false, false}};
     size_t i;
     json_t *j;
-    json_array_foreach(jobs, i, j)
-    {
+    json_array_foreach(jobs, i, j) {
         const char *id;
         const char *name;
         const char *state;
@@ -721,8 +696,7 @@ typedef struct {
     const json_t *files;  /* array or NULL */
 } job_view;
 
-static bool job_view_read(const json_t *job, job_view *v)
-{
+static bool job_view_read(const json_t *job, job_view *v) {
     memset(v, 0, sizeof *v);
     if (!json_is_object(job) || !get_str(job, "id", &v->id, false) ||
         !get_str(job, "name", &v->name, true) || !get_str(job, "state", &v->state, false) ||
@@ -736,7 +710,8 @@ static bool job_view_read(const json_t *job, job_view *v)
     }
     json_t *a = json_object_get(job, "agents");
     json_t *f = json_object_get(job, "files");
-    if ((a && !json_is_null(a) && !json_is_array(a)) || (f && !json_is_null(f) && !json_is_array(f))) {
+    if ((a && !json_is_null(a) && !json_is_array(a)) ||
+        (f && !json_is_null(f) && !json_is_array(f))) {
         return false;
     }
     v->agents = json_is_array(a) ? a : NULL;
@@ -744,13 +719,11 @@ static bool job_view_read(const json_t *job, job_view *v)
     return true;
 }
 
-static bool state_final(const char *s)
-{
+static bool state_final(const char *s) {
     return !strcmp(s, "done") || !strcmp(s, "failed") || !strcmp(s, "canceled");
 }
 
-static int print_status(const conn *c, const job_view *v)
-{
+static int print_status(const conn *c, const job_view *v) {
     char a[CELL];
     char b[CELL];
     printf("job        %s", clean(a, sizeof a, v->id));
@@ -772,12 +745,12 @@ static int print_status(const conn *c, const job_view *v)
     }
     printf("agents     %lld/%lld reporting\n", v->reporting, v->total);
     if (v->agents) {
-        table t = {.ncols = 4, .head = {"  NAME", "STATE", "SAMPLES", "NOTE"},
+        table t = {.ncols = 4,
+                   .head = {"  NAME", "STATE", "SAMPLES", "NOTE"},
                    .right = {false, false, true, false}};
         size_t i;
         json_t *ag;
-        json_array_foreach(v->agents, i, ag)
-        {
+        json_array_foreach(v->agents, i, ag) {
             const char *name;
             const char *st;
             const char *lp;
@@ -823,8 +796,7 @@ static int print_status(const conn *c, const job_view *v)
         fputs("files     ", stdout);
         size_t i;
         json_t *f;
-        json_array_foreach(v->files, i, f)
-        {
+        json_array_foreach(v->files, i, f) {
             printf(" %s", json_is_string(f) ? clean(a, sizeof a, json_string_value(f)) : "?");
         }
         fputc('\n', stdout);
@@ -832,13 +804,11 @@ static int print_status(const conn *c, const job_view *v)
     return EXIT_OK;
 }
 
-static json_t *job_request(const char *cmd, const char *job)
-{
+static json_t *job_request(const char *cmd, const char *job) {
     return json_pack("{s:i, s:s, s:s}", "v", PROTOCOL_VERSION, "cmd", cmd, "job", job);
 }
 
-static int cmd_status(conn *c, const char *job)
-{
+static int cmd_status(conn *c, const char *job) {
     json_t *resp;
     int rc = call(c, job_request("status", job), &resp);
     if (rc != EXIT_OK) {
@@ -858,8 +828,7 @@ static int cmd_status(conn *c, const char *job)
     return rc;
 }
 
-static void progress_line(const job_view *v, char *out, size_t cap)
-{
+static void progress_line(const job_view *v, char *out, size_t cap) {
     char bar[24];
     int width = 20;
     int filled = 0;
@@ -896,15 +865,13 @@ static void progress_line(const job_view *v, char *out, size_t cap)
     }
 }
 
-static void sleep_ms(int ms)
-{
+static void sleep_ms(int ms) {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
 }
 
-static int cmd_watch(conn *c, const char *job)
-{
+static int cmd_watch(conn *c, const char *job) {
     bool tty = isatty(STDOUT_FILENO) && !c->json;
     char last[512] = "";
     char *last_json = NULL;
@@ -1020,8 +987,7 @@ static int cmd_watch(conn *c, const char *job)
 }
 
 /* Checks a job file is UTF-8 text without NUL bytes; json_stringn validates the UTF-8. */
-static int cmd_submit(conn *c, const char *path)
-{
+static int cmd_submit(conn *c, const char *path) {
     uint8_t *data = NULL;
     size_t len = 0;
     fs_diag d = {0};
@@ -1065,8 +1031,7 @@ static int cmd_submit(conn *c, const char *path)
     return EXIT_OK;
 }
 
-static int cmd_cancel(conn *c, const char *job)
-{
+static int cmd_cancel(conn *c, const char *job) {
     json_t *resp;
     int rc = call(c, job_request("cancel", job), &resp);
     if (rc != EXIT_OK) {
@@ -1082,8 +1047,7 @@ static int cmd_cancel(conn *c, const char *job)
     return EXIT_OK;
 }
 
-static int cmd_reload(conn *c)
-{
+static int cmd_reload(conn *c) {
     json_t *resp;
     int rc = call(c, request("reload"), &resp);
     if (rc != EXIT_OK) {
@@ -1105,14 +1069,12 @@ static int cmd_reload(conn *c)
 }
 
 /* A result file name is written as DIR/NAME: one plain path component, not hidden. */
-static bool name_ok(const char *s)
-{
+static bool name_ok(const char *s) {
     return s[0] != '\0' && s[0] != '.' && !strchr(s, '/') && strlen(s) <= NAME_MAX - 8;
 }
 
 /* mkdir -p with mode 0750 for the components it creates. */
-static int make_dir(const char *dir)
-{
+static int make_dir(const char *dir) {
     struct stat st;
     if (stat(dir, &st) == 0) {
         if (!S_ISDIR(st.st_mode)) {
@@ -1144,8 +1106,7 @@ static int make_dir(const char *dir)
     return EXIT_OK;
 }
 
-static int write_at(int dfd, const char *dir, const char *name, const unsigned char *p, size_t n)
-{
+static int write_at(int dfd, const char *dir, const char *name, const unsigned char *p, size_t n) {
     char tmp[NAME_MAX + 1];
     snprintf(tmp, sizeof tmp, ".%s.part", name);
     int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
@@ -1180,8 +1141,7 @@ static int write_at(int dfd, const char *dir, const char *name, const unsigned c
     return EXIT_OK;
 }
 
-static int cmd_fetch(conn *c, const char *job, const char *dir)
-{
+static int cmd_fetch(conn *c, const char *job, const char *dir) {
     json_t *resp;
     int rc = call(c, job_request("fetch", job), &resp);
     if (rc != EXIT_OK) {
@@ -1211,7 +1171,8 @@ static int cmd_fetch(conn *c, const char *job, const char *dir)
             return EXIT_FAIL;
         }
         for (size_t j = 0; j < i; j++) {
-            if (!strcmp(name, json_string_value(json_object_get(json_array_get(files, j), "name")))) {
+            if (!strcmp(name,
+                        json_string_value(json_object_get(json_array_get(files, j), "name")))) {
                 fail_msg("the coordinator sent the file '%s' twice", clean(a, sizeof a, name));
                 json_decref(resp);
                 return EXIT_FAIL;
@@ -1285,7 +1246,8 @@ static int cmd_fetch(conn *c, const char *job, const char *dir)
     return rc;
 }
 
-/* ---- main ------------------------------------------------------------------------------------- */
+/* ---- main -------------------------------------------------------------------------------------
+ */
 
 typedef struct {
     const char *name;
@@ -1297,8 +1259,7 @@ static const command COMMANDS[] = {
     {"watch", 1},  {"cancel", 1}, {"fetch", 1}, {"reload", 0},
 };
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     conn c = {.fd = -1};
     const char *env = getenv("FEDSLIM_CONTROL_SOCKET");
     c.path = env && *env ? env : DEFAULT_SOCKET;
@@ -1370,9 +1331,10 @@ int main(int argc, char **argv)
     }
     if (npos - 1 != cmd->nargs) {
         fail_msg("%s: %s", cmd->name,
-                 npos - 1 < cmd->nargs ? (strcmp(cmd->name, "submit") ? "which job? (JOB id missing)"
-                                                                      : "which job file? (JOB.ini missing)")
-                                       : "too many arguments");
+                 npos - 1 < cmd->nargs
+                     ? (strcmp(cmd->name, "submit") ? "which job? (JOB id missing)"
+                                                    : "which job file? (JOB.ini missing)")
+                     : "too many arguments");
         return EXIT_USAGE;
     }
     bool is_fetch = !strcmp(cmd->name, "fetch");

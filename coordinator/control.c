@@ -33,29 +33,29 @@
 
 typedef struct {
     int fd;
-    unsigned serial;      /* for log lines */
-    long uid;             /* SO_PEERCRED, -1 if unknown */
-    char *in;             /* received bytes not yet consumed */
+    unsigned serial; /* for log lines */
+    long uid;        /* SO_PEERCRED, -1 if unknown */
+    char *in;        /* received bytes not yet consumed */
     size_t in_len;
     size_t in_cap;
-    size_t in_scanned;    /* in[0..in_scanned) holds no '\n' */
-    char *out;            /* queued response bytes: out[out_off..out_len) unsent */
+    size_t in_scanned; /* in[0..in_scanned) holds no '\n' */
+    char *out;         /* queued response bytes: out[out_off..out_len) unsent */
     size_t out_len;
     size_t out_off;
     size_t out_cap;
-    size_t max_out;       /* response size limit (fs_control.max_response) */
-    bool overflow;        /* the response being serialised exceeded max_out */
-    bool eof;             /* the peer shut down its sending side */
-    bool more;            /* work left over at the end of fs_control_service (fairness cap) */
+    size_t max_out;           /* response size limit (fs_control.max_response) */
+    bool overflow;            /* the response being serialised exceeded max_out */
+    bool eof;                 /* the peer shut down its sending side */
+    bool more;                /* work left over at the end of fs_control_service (fairness cap) */
     const char *close_reason; /* set: close once the output is sent (protocol error) */
-    uint64_t last_output; /* usec: output queued or progressed */
-    uint64_t last_active; /* usec: any byte in or out */
+    uint64_t last_output;     /* usec: output queued or progressed */
+    uint64_t last_active;     /* usec: any byte in or out */
 } client;
 
 struct fs_control {
     int lfd;
     char *path;
-    dev_t dev;  /* identity of our socket file, so close unlinks only ours */
+    dev_t dev; /* identity of our socket file, so close unlinks only ours */
     ino_t ino;
     client *clients[FS_CONTROL_MAX_CLIENTS];
     int n_clients;
@@ -70,8 +70,7 @@ struct fs_control {
 
 /* Makes text one line of printable characters: control bytes (and DEL) become spaces; the text
  * is cut at `max` bytes on a UTF-8 boundary. */
-static void one_line(char *s, size_t max)
-{
+static void one_line(char *s, size_t max) {
     size_t n = strlen(s);
     if (n > max) {
         n = max;
@@ -88,8 +87,7 @@ static void one_line(char *s, size_t max)
     }
 }
 
-json_t *fs_control_error(const char *fmt, ...)
-{
+json_t *fs_control_error(const char *fmt, ...) {
     char msg[1200];
     va_list ap;
     va_start(ap, fmt);
@@ -113,13 +111,9 @@ json_t *fs_control_error(const char *fmt, ...)
     return r;
 }
 
-json_t *fs_control_ok(void)
-{
-    return json_pack("{s:b}", "ok", 1);
-}
+json_t *fs_control_ok(void) { return json_pack("{s:b}", "ok", 1); }
 
-static char *dup_str(const char *s)
-{
+static char *dup_str(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = malloc(n);
     if (p) {
@@ -130,8 +124,7 @@ static char *dup_str(const char *s)
 
 /* ---- open / close -------------------------------------------------------------------------- */
 
-static int fill_addr(struct sockaddr_un *sa, const char *path, fs_diag *d)
-{
+static int fill_addr(struct sockaddr_un *sa, const char *path, fs_diag *d) {
     memset(sa, 0, sizeof *sa);
     sa->sun_family = AF_UNIX;
     size_t n = strlen(path);
@@ -139,22 +132,23 @@ static int fill_addr(struct sockaddr_un *sa, const char *path, fs_diag *d)
         return fs_diag_set(d, FS_EINVAL, "control socket: empty path");
     }
     if (n >= sizeof sa->sun_path) {
-        return fs_diag_set(d, FS_EINVAL, "control socket %s: path too long (%zu bytes, at most %zu)",
-                           path, n, sizeof sa->sun_path - 1);
+        return fs_diag_set(d, FS_EINVAL,
+                           "control socket %s: path too long (%zu bytes, at most %zu)", path, n,
+                           sizeof sa->sun_path - 1);
     }
     memcpy(sa->sun_path, path, n + 1);
     return 0;
 }
 
 /* An existing file at the path: remove it only if it is a socket nobody listens on. */
-static int remove_stale(const char *path, const struct sockaddr_un *sa, fs_diag *d)
-{
+static int remove_stale(const char *path, const struct sockaddr_un *sa, fs_diag *d) {
     struct stat st;
     if (lstat(path, &st) != 0) {
         if (errno == ENOENT) {
             return 0;
         }
-        return fs_diag_errno(d, FS_ESYS, "control socket %s: cannot inspect the existing file", path);
+        return fs_diag_errno(d, FS_ESYS, "control socket %s: cannot inspect the existing file",
+                             path);
     }
     if (!S_ISSOCK(st.st_mode)) {
         return fs_diag_set(d, FS_EINVAL,
@@ -187,8 +181,7 @@ static int remove_stale(const char *path, const struct sockaddr_un *sa, fs_diag 
     return 0;
 }
 
-static void apply_group(const char *path, const char *group)
-{
+static void apply_group(const char *path, const char *group) {
     if (!group || !*group) {
         return;
     }
@@ -199,10 +192,11 @@ static void apply_group(const char *path, const char *group)
     char have[32];
     snprintf(have, sizeof have, "%u", (unsigned)getegid());
     if (e != 0 || !res) {
-        fs_log_kv(FS_LOG_WARNING, "control group does not exist; the control socket keeps the "
+        fs_log_kv(FS_LOG_WARNING,
+                  "control group does not exist; the control socket keeps the "
                   "process's group",
-                  "PATH", path, "GROUP", group, "GID", have,
-                  "REASON", e ? strerror(e) : "no such group", NULL);
+                  "PATH", path, "GROUP", group, "GID", have, "REASON",
+                  e ? strerror(e) : "no such group", NULL);
         return;
     }
     if (res->gr_gid == getegid()) {
@@ -211,14 +205,14 @@ static void apply_group(const char *path, const char *group)
     if (chown(path, (uid_t)-1, res->gr_gid) != 0) {
         /* Expected under the hardened unit (SystemCallFilter=~@privileged) and for non-root:
          * the socket then belongs to the process's primary group (Group= in the unit). */
-        fs_log_kv(FS_LOG_WARNING, "cannot give the control socket to its group; it keeps the "
+        fs_log_kv(FS_LOG_WARNING,
+                  "cannot give the control socket to its group; it keeps the "
                   "process's group",
                   "PATH", path, "GROUP", group, "GID", have, "REASON", strerror(errno), NULL);
     }
 }
 
-int fs_control_open(fs_control **out, const char *path, const char *group, fs_diag *d)
-{
+int fs_control_open(fs_control **out, const char *path, const char *group, fs_diag *d) {
     FS_ASSERT(out && path);
     *out = NULL;
     struct sockaddr_un sa;
@@ -283,8 +277,7 @@ fail:
     return rc;
 }
 
-static void client_free(client *cl)
-{
+static void client_free(client *cl) {
     if (!cl) {
         return;
     }
@@ -296,8 +289,7 @@ static void client_free(client *cl)
     free(cl);
 }
 
-static void drop_client(fs_control *c, int i, int level, const char *why)
-{
+static void drop_client(fs_control *c, int i, int level, const char *why) {
     client *cl = c->clients[i];
     char serial[16];
     snprintf(serial, sizeof serial, "%u", cl->serial);
@@ -308,8 +300,7 @@ static void drop_client(fs_control *c, int i, int level, const char *why)
     c->n_clients--;
 }
 
-void fs_control_close(fs_control *c)
-{
+void fs_control_close(fs_control *c) {
     if (!c) {
         return;
     }
@@ -330,49 +321,34 @@ void fs_control_close(fs_control *c)
     free(c);
 }
 
-const char *fs_control_path(const fs_control *c)
-{
-    return c->path;
-}
+const char *fs_control_path(const fs_control *c) { return c->path; }
 
-int fs_control_client_count(const fs_control *c)
-{
-    return c->n_clients;
-}
+int fs_control_client_count(const fs_control *c) { return c->n_clients; }
 
-void fs_control_set_limits(fs_control *c, int stall_ms, size_t max_response)
-{
+void fs_control_set_limits(fs_control *c, int stall_ms, size_t max_response) {
     if (stall_ms > 0) {
         c->stall_usec = (uint64_t)stall_ms * 1000u;
     }
     if (max_response > 0) {
-        c->max_response = max_response < FS_CONTROL_MAX_RESPONSE ? max_response
-                                                                  : FS_CONTROL_MAX_RESPONSE;
+        c->max_response =
+            max_response < FS_CONTROL_MAX_RESPONSE ? max_response : FS_CONTROL_MAX_RESPONSE;
     }
     for (int i = 0; i < c->n_clients; i++) {
         c->clients[i]->max_out = c->max_response;
     }
 }
 
-long fs_control_peer_uid(const fs_control *c)
-{
-    return c->current_uid;
-}
+long fs_control_peer_uid(const fs_control *c) { return c->current_uid; }
 
 /* ---- polling --------------------------------------------------------------------------------- */
 
-static bool wants_output(const client *cl)
-{
-    return cl->out_off < cl->out_len;
-}
+static bool wants_output(const client *cl) { return cl->out_off < cl->out_len; }
 
-static bool listener_active(const fs_control *c, uint64_t now)
-{
+static bool listener_active(const fs_control *c, uint64_t now) {
     return c->accept_paused_until == 0 || now >= c->accept_paused_until;
 }
 
-int fs_control_fill_pollfd(const fs_control *c, struct pollfd *pfd, int max)
-{
+int fs_control_fill_pollfd(const fs_control *c, struct pollfd *pfd, int max) {
     int n = 0;
     if (n < max && listener_active(c, fs_now_usec())) {
         pfd[n].fd = c->lfd;
@@ -390,8 +366,7 @@ int fs_control_fill_pollfd(const fs_control *c, struct pollfd *pfd, int max)
     return n;
 }
 
-int fs_control_fill_zmq(const fs_control *c, zmq_pollitem_t *items, int max)
-{
+int fs_control_fill_zmq(const fs_control *c, zmq_pollitem_t *items, int max) {
     int n = 0;
     if (n < max && listener_active(c, fs_now_usec())) {
         items[n] = (zmq_pollitem_t){.socket = NULL, .fd = c->lfd, .events = ZMQ_POLLIN};
@@ -406,8 +381,7 @@ int fs_control_fill_zmq(const fs_control *c, zmq_pollitem_t *items, int max)
     return n;
 }
 
-static uint64_t min_deadline(uint64_t a, uint64_t b)
-{
+static uint64_t min_deadline(uint64_t a, uint64_t b) {
     if (a == 0) {
         return b;
     }
@@ -417,8 +391,7 @@ static uint64_t min_deadline(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
-uint64_t fs_control_deadline(const fs_control *c)
-{
+uint64_t fs_control_deadline(const fs_control *c) {
     uint64_t dl = 0;
     if (c->accept_paused_until) {
         dl = c->accept_paused_until;
@@ -438,8 +411,7 @@ uint64_t fs_control_deadline(const fs_control *c)
 
 /* ---- output ---------------------------------------------------------------------------------- */
 
-static int out_reserve(client *cl, size_t more)
-{
+static int out_reserve(client *cl, size_t more) {
     size_t need;
     if (fs_add_size(cl->out_len, more, &need) != 0 || need > cl->max_out + 1) {
         return FS_EFORMAT; /* over the response limit (+1: the '\n') */
@@ -460,8 +432,7 @@ static int out_reserve(client *cl, size_t more)
     return 0;
 }
 
-static int dump_cb(const char *buf, size_t size, void *data)
-{
+static int dump_cb(const char *buf, size_t size, void *data) {
     client *cl = data;
     if (cl->overflow) {
         return -1;
@@ -477,8 +448,7 @@ static int dump_cb(const char *buf, size_t size, void *data)
 }
 
 /* Serialises `resp` (borrowed) as one line into the client's output. */
-static void queue_json(client *cl, const json_t *resp, const char *cmd)
-{
+static void queue_json(client *cl, const json_t *resp, const char *cmd) {
     FS_ASSERT(!wants_output(cl));
     cl->out_len = 0;
     cl->out_off = 0;
@@ -490,12 +460,11 @@ static void queue_json(client *cl, const json_t *resp, const char *cmd)
         bool too_big = cl->overflow;
         cl->out_len = 0;
         cl->overflow = false;
-        json_t *e = too_big ? fs_control_error("response to '%s' is too large (more than %zu bytes)",
-                                               cmd, cl->max_out)
-                            : fs_control_error("internal error: cannot encode the response to '%s'",
-                                               cmd);
-        if (e && json_dump_callback(e, dump_cb, cl, JSON_COMPACT) == 0 &&
-            out_reserve(cl, 1) == 0) {
+        json_t *e =
+            too_big ? fs_control_error("response to '%s' is too large (more than %zu bytes)", cmd,
+                                       cl->max_out)
+                    : fs_control_error("internal error: cannot encode the response to '%s'", cmd);
+        if (e && json_dump_callback(e, dump_cb, cl, JSON_COMPACT) == 0 && out_reserve(cl, 1) == 0) {
             cl->out[cl->out_len++] = '\n';
         } else {
             cl->out_len = 0;
@@ -509,8 +478,7 @@ static void queue_json(client *cl, const json_t *resp, const char *cmd)
 }
 
 /* Sends what it can. Returns false if the client must be closed (peer gone). */
-static bool flush_out(client *cl, uint64_t now)
-{
+static bool flush_out(client *cl, uint64_t now) {
     while (wants_output(cl)) {
         ssize_t w = send(cl->fd, cl->out + cl->out_off, cl->out_len - cl->out_off,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -545,8 +513,7 @@ static bool flush_out(client *cl, uint64_t now)
  * then. Well-formed JSON with a wrong envelope gets an error and the connection stays open. */
 static json_t *answer(fs_control *c, client *cl, const char *line, size_t len,
                       fs_control_handler handler, void *ud, char *cmd_out, size_t cmd_cap,
-                      const char **close_after)
-{
+                      const char **close_after) {
     snprintf(cmd_out, cmd_cap, "?");
     json_error_t jerr;
     json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -594,8 +561,7 @@ done:
 }
 
 /* Answers complete lines while no output is pending (one response in flight per client). */
-static void process_lines(fs_control *c, client *cl, fs_control_handler handler, void *ud)
-{
+static void process_lines(fs_control *c, client *cl, fs_control_handler handler, void *ud) {
     while (!wants_output(cl) && !cl->close_reason) {
         char *nl = NULL;
         if (cl->in_len > cl->in_scanned) {
@@ -604,8 +570,8 @@ static void process_lines(fs_control *c, client *cl, fs_control_handler handler,
         if (!nl) {
             cl->in_scanned = cl->in_len;
             if (cl->in_len > FS_CONTROL_MAX_REQUEST) {
-                json_t *e = fs_control_error("request line longer than %u bytes",
-                                             FS_CONTROL_MAX_REQUEST);
+                json_t *e =
+                    fs_control_error("request line longer than %u bytes", FS_CONTROL_MAX_REQUEST);
                 if (e) {
                     queue_json(cl, e, "?");
                 }
@@ -624,8 +590,8 @@ static void process_lines(fs_control *c, client *cl, fs_control_handler handler,
         if (line_len > 0) {
             char cmd[80];
             const char *close_after = NULL;
-            json_t *resp = answer(c, cl, cl->in, line_len, handler, ud, cmd, sizeof cmd,
-                                  &close_after);
+            json_t *resp =
+                answer(c, cl, cl->in, line_len, handler, ud, cmd, sizeof cmd, &close_after);
             if (resp) {
                 queue_json(cl, resp, cmd);
                 json_decref(resp);
@@ -650,8 +616,7 @@ static void process_lines(fs_control *c, client *cl, fs_control_handler handler,
 
 /* Reads what is available (bounded by the line limit). Returns 1 if bytes arrived, 0 if none
  * are available now, -1 on a read error. EOF sets cl->eof and returns 0. */
-static int read_some(client *cl, uint64_t now)
-{
+static int read_some(client *cl, uint64_t now) {
     const size_t limit = (size_t)FS_CONTROL_MAX_REQUEST + 1; /* a full line plus its '\n' */
     if (cl->in_len >= limit) {
         return 0; /* process_lines reports the over-long line */
@@ -687,9 +652,8 @@ static int read_some(client *cl, uint64_t now)
 }
 
 /* Everything for one client. Returns a reason if it must be closed now, else NULL. */
-static const char *service_client(fs_control *c, client *cl, fs_control_handler handler,
-                                  void *ud, uint64_t now)
-{
+static const char *service_client(fs_control *c, client *cl, fs_control_handler handler, void *ud,
+                                  uint64_t now) {
     cl->more = false;
     /* Fairness: a bounded number of steps per client per call; if work remains, cl->more makes
      * fs_control_deadline ask for an immediate new call. */
@@ -731,8 +695,7 @@ static const char *service_client(fs_control *c, client *cl, fs_control_handler 
     return NULL;
 }
 
-static void refuse(int fd, const char *why)
-{
+static void refuse(int fd, const char *why) {
     json_t *e = fs_control_error("%s", why);
     char *s = e ? json_dumps(e, JSON_COMPACT) : NULL;
     if (s) {
@@ -748,8 +711,7 @@ static void refuse(int fd, const char *why)
 
 static void service_range(fs_control *c, int from, fs_control_handler handler, void *ud);
 
-static void accept_clients(fs_control *c, uint64_t now, fs_control_handler handler, void *ud)
-{
+static void accept_clients(fs_control *c, uint64_t now, fs_control_handler handler, void *ud) {
     int first_new = c->n_clients;
     if (!listener_active(c, now)) {
         return;
@@ -807,8 +769,7 @@ static void accept_clients(fs_control *c, uint64_t now, fs_control_handler handl
     }
 }
 
-static void service_range(fs_control *c, int from, fs_control_handler handler, void *ud)
-{
+static void service_range(fs_control *c, int from, fs_control_handler handler, void *ud) {
     for (int i = from; i < c->n_clients;) {
         const char *why = service_client(c, c->clients[i], handler, ud, fs_now_usec());
         if (why) {
@@ -821,8 +782,7 @@ static void service_range(fs_control *c, int from, fs_control_handler handler, v
     }
 }
 
-void fs_control_service(fs_control *c, fs_control_handler handler, void *ud)
-{
+void fs_control_service(fs_control *c, fs_control_handler handler, void *ud) {
     FS_ASSERT(c && handler);
     /* Existing clients first, so slots of clients that hung up are free before accepting; then
      * the new ones (a request often arrives together with the connection). */

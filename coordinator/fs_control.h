@@ -45,9 +45,9 @@ typedef struct fs_control fs_control;
 /* The caller's command handler. `request` (borrowed, valid only during the call) is a JSON
  * object already checked to have "v": 1 and a string "cmd"; everything else is the handler's to
  * check. Returns owned: the complete response object (the module adds nothing and frees it).
- * Returning NULL or a non-object makes the module answer {"ok":false,"error":"internal error: ..."}.
- * Called only from fs_control_service, on the loop thread; it should not block for long, since
- * the whole coordinator loop waits for it. */
+ * Returning NULL or a non-object makes the module answer {"ok":false,"error":"internal error:
+ * ..."}. Called only from fs_control_service, on the loop thread; it should not block for long,
+ * since the whole coordinator loop waits for it. */
 typedef json_t *(*fs_control_handler)(void *ud, const json_t *request);
 
 /* Creates the control socket at `path` (borrowed) and listens on it.

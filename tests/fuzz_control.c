@@ -19,8 +19,7 @@
 
 static fs_control *g_ctl;
 
-static json_t *handler(void *ud, const json_t *req)
-{
+static json_t *handler(void *ud, const json_t *req) {
     (void)ud;
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
     if (!strcmp(cmd, "null")) {
@@ -33,13 +32,11 @@ static json_t *handler(void *ud, const json_t *req)
 }
 
 static void quiet(int level, const char *file, int line, const char *func, const char *msg,
-                  const char *const *kv, void *ud)
-{
+                  const char *const *kv, void *ud) {
     (void)level, (void)file, (void)line, (void)func, (void)msg, (void)kv, (void)ud;
 }
 
-static void init(void)
-{
+static void init(void) {
     static char dir[] = "/tmp/fs-fuzz-control-XXXXXX";
     char path[128];
     fs_diag d = {0};
@@ -55,8 +52,7 @@ static void init(void)
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!g_ctl) {
         init();
     }

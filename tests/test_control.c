@@ -52,8 +52,7 @@ typedef struct {
 
 static server g_srv;
 
-static const unsigned char *model_bytes(size_t *n)
-{
+static const unsigned char *model_bytes(size_t *n) {
     static unsigned char b[70000];
     for (size_t i = 0; i < sizeof b; i++) {
         b[i] = (unsigned char)((i * 7 + i / 256) & 0xFF);
@@ -62,8 +61,7 @@ static const unsigned char *model_bytes(size_t *n)
     return b;
 }
 
-static json_t *file_entry(const char *name, const void *p, size_t n)
-{
+static json_t *file_entry(const char *name, const void *p, size_t n) {
     size_t cap = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL);
     char *b64 = malloc(cap);
     assert_non_null(b64);
@@ -74,20 +72,18 @@ static json_t *file_entry(const char *name, const void *p, size_t n)
 }
 
 static json_t *status_of(const char *id, const char *state, int round, int rounds,
-                         const char *error)
-{
+                         const char *error) {
     return json_pack("{s:b, s:{s:s, s:s, s:s, s:s, s:i, s:i, s:f, s:f, s:i, s:i, s:[{s:s, s:s, "
                      "s:n, s:n, s:i}, {s:s, s:s, s:s, s:i, s:i}], s:s?, s:[s, s]}}",
                      "ok", 1, "job", "id", id, "name", "resnet-edge", "state", state, "phase",
                      "recover", "round", round, "rounds", rounds, "loss", 0.0123, "eta_s", 80.0,
-                     "agents_reporting", 2, "agents_total", 3, "agents", "name", "site-a",
-                     "state", "active", "left_phase", "left_round", "samples", 1200, "name",
-                     "site-b", "state", "left", "left_phase", "recover", "left_round", 80,
-                     "samples", 300, "error", error, "files", "model.safetensors", "report.json");
+                     "agents_reporting", 2, "agents_total", 3, "agents", "name", "site-a", "state",
+                     "active", "left_phase", "left_round", "samples", 1200, "name", "site-b",
+                     "state", "left", "left_phase", "recover", "left_round", 80, "samples", 300,
+                     "error", error, "files", "model.safetensors", "report.json");
 }
 
-static json_t *handler(void *ud, const json_t *req)
-{
+static json_t *handler(void *ud, const json_t *req) {
     server *s = ud;
     pthread_mutex_lock(&s->mu);
     json_array_append_new(s->requests, json_deep_copy(req));
@@ -194,8 +190,7 @@ static json_t *handler(void *ud, const json_t *req)
     return fs_control_error("unknown command '%s'", cmd);
 }
 
-static void *server_main(void *arg)
-{
+static void *server_main(void *arg) {
     server *s = arg;
     for (;;) {
         struct pollfd pfd[1 + FS_CONTROL_MAX_FDS];
@@ -220,8 +215,7 @@ static void *server_main(void *arg)
     return NULL;
 }
 
-static void start_server(int stall_ms)
-{
+static void start_server(int stall_ms) {
     fs_diag d = {0};
     memset(&g_srv, 0, sizeof g_srv);
     assert_int_equal(fs_control_open(&g_srv.ctl, g_sock, NULL, &d), 0);
@@ -233,8 +227,7 @@ static void start_server(int stall_ms)
     assert_int_equal(pthread_create(&g_srv.th, NULL, server_main, &g_srv), 0);
 }
 
-static void stop_server(void)
-{
+static void stop_server(void) {
     assert_int_equal(write(g_srv.stop[1], "x", 1), 1);
     pthread_join(g_srv.th, NULL);
     fs_control_close(g_srv.ctl);
@@ -246,8 +239,7 @@ static void stop_server(void)
     assert_int_not_equal(lstat(g_sock, &st), 0); /* close unlinked the socket */
 }
 
-static size_t n_requests(void)
-{
+static size_t n_requests(void) {
     pthread_mutex_lock(&g_srv.mu);
     size_t n = json_array_size(g_srv.requests);
     pthread_mutex_unlock(&g_srv.mu);
@@ -255,23 +247,20 @@ static size_t n_requests(void)
 }
 
 /* Returns owned copy of request i. */
-static json_t *request_at(size_t i)
-{
+static json_t *request_at(size_t i) {
     pthread_mutex_lock(&g_srv.mu);
     json_t *r = json_deep_copy(json_array_get(g_srv.requests, i));
     pthread_mutex_unlock(&g_srv.mu);
     return r;
 }
 
-static int setup(void **state)
-{
+static int setup(void **state) {
     (void)state;
     start_server(0);
     return 0;
 }
 
-static int teardown(void **state)
-{
+static int teardown(void **state) {
     (void)state;
     stop_server();
     return 0;
@@ -285,8 +274,7 @@ typedef struct {
     char err[8192];
 } run_result;
 
-static void slurp(const char *path, char *buf, size_t cap)
-{
+static void slurp(const char *path, char *buf, size_t cap) {
     buf[0] = '\0';
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -300,8 +288,7 @@ static void slurp(const char *path, char *buf, size_t cap)
 /* Runs fedslimctl with args (NULL-terminated) with the socket in $FEDSLIM_CONTROL_SOCKET unless
  * env_socket is NULL (then the variable is unset); as_uid >= 0 drops to that user first. */
 static void run_as(run_result *r, const char *env_socket, long as_uid, long as_gid,
-                   const char *const *args)
-{
+                   const char *const *args) {
     char out_path[400];
     char err_path[400];
     snprintf(out_path, sizeof out_path, "%s/ctl.out", g_dir);
@@ -345,14 +332,13 @@ static void run_as(run_result *r, const char *env_socket, long as_uid, long as_g
     slurp(err_path, r->err, sizeof r->err);
 }
 
-#define RUN(r, ...)                                                                            \
-    do {                                                                                       \
-        const char *const a_[] = {__VA_ARGS__, NULL};                                          \
-        run_as((r), g_sock, -1, -1, a_);                                                       \
+#define RUN(r, ...)                                                                                \
+    do {                                                                                           \
+        const char *const a_[] = {__VA_ARGS__, NULL};                                              \
+        run_as((r), g_sock, -1, -1, a_);                                                           \
     } while (0)
 
-static void expect(const run_result *r, int status, const char *in_out, const char *in_err)
-{
+static void expect(const run_result *r, int status, const char *in_out, const char *in_err) {
     if (r->status != status || (in_out && !strstr(r->out, in_out)) ||
         (in_err && !strstr(r->err, in_err))) {
         print_error("exit %d (want %d)\n--- stdout:\n%s\n--- stderr:\n%s\n--- want stdout to "
@@ -363,8 +349,7 @@ static void expect(const run_result *r, int status, const char *in_out, const ch
     }
 }
 
-static json_t *parse_out(const run_result *r)
-{
+static json_t *parse_out(const run_result *r) {
     json_error_t e;
     json_t *j = json_loads(r->out, 0, &e);
     if (!j) {
@@ -376,8 +361,7 @@ static json_t *parse_out(const run_result *r)
 
 /* ---- raw socket helpers -------------------------------------------------------------------- */
 
-static struct sockaddr_un addr_of(const char *path)
-{
+static struct sockaddr_un addr_of(const char *path) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     size_t n = strlen(path);
     assert_true(n < sizeof sa.sun_path);
@@ -385,8 +369,7 @@ static struct sockaddr_un addr_of(const char *path)
     return sa;
 }
 
-static int raw_connect(const char *path)
-{
+static int raw_connect(const char *path) {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
     struct sockaddr_un sa = addr_of(path);
@@ -394,8 +377,7 @@ static int raw_connect(const char *path)
     return fd;
 }
 
-static void raw_send(int fd, const char *s, size_t n)
-{
+static void raw_send(int fd, const char *s, size_t n) {
     while (n > 0) {
         ssize_t w = send(fd, s, n, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR) {
@@ -408,8 +390,7 @@ static void raw_send(int fd, const char *s, size_t n)
 }
 
 /* Reads one line (without '\n') into buf; returns its length, or -1 on EOF before a line. */
-static long raw_line(int fd, char *buf, size_t cap)
-{
+static long raw_line(int fd, char *buf, size_t cap) {
     size_t n = 0;
     for (;;) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -429,8 +410,7 @@ static long raw_line(int fd, char *buf, size_t cap)
 }
 
 /* True if the peer closes the connection within 10 s (data before the EOF is skipped). */
-static bool raw_eof(int fd)
-{
+static bool raw_eof(int fd) {
     char buf[65536];
     for (;;) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -447,8 +427,7 @@ static bool raw_eof(int fd)
     }
 }
 
-static json_t *raw_json_line(int fd)
-{
+static json_t *raw_json_line(int fd) {
     static char buf[1 << 20];
     assert_true(raw_line(fd, buf, sizeof buf) >= 0);
     json_error_t e;
@@ -457,8 +436,7 @@ static json_t *raw_json_line(int fd)
     return j;
 }
 
-static void expect_error_line(int fd, const char *contains)
-{
+static void expect_error_line(int fd, const char *contains) {
     json_t *j = raw_json_line(fd);
     assert_true(json_is_false(json_object_get(j, "ok")));
     const char *e = json_string_value(json_object_get(j, "error"));
@@ -472,8 +450,7 @@ static void expect_error_line(int fd, const char *contains)
 
 /* ---- commands through fedslimctl ------------------------------------------------------------- */
 
-static void agents_table(void **state)
-{
+static void agents_table(void **state) {
     (void)state;
     run_result r;
     RUN(&r, "agents");
@@ -504,8 +481,7 @@ static void agents_table(void **state)
     json_decref(j);
 }
 
-static void jobs_table(void **state)
-{
+static void jobs_table(void **state) {
     (void)state;
     run_result r;
     RUN(&r, "jobs");
@@ -522,8 +498,7 @@ static void jobs_table(void **state)
     json_decref(parse_out(&r));
 }
 
-static void submit_sends_text(void **state)
-{
+static void submit_sends_text(void **state) {
     (void)state;
     char ini[400];
     snprintf(ini, sizeof ini, "%s/job.ini", g_dir);
@@ -575,8 +550,7 @@ static void submit_sends_text(void **state)
     assert_int_equal(n_requests(), before);
 }
 
-static void status_block(void **state)
-{
+static void status_block(void **state) {
     (void)state;
     run_result r;
     RUN(&r, "status", "7f3a");
@@ -602,8 +576,7 @@ static void status_block(void **state)
     expect(&r, 1, NULL, "malformed response");
 }
 
-static void watch_plain_until_done(void **state)
-{
+static void watch_plain_until_done(void **state) {
     (void)state;
     run_result r;
     RUN(&r, "watch", "7f3a");
@@ -619,8 +592,7 @@ static void watch_plain_until_done(void **state)
     assert_int_equal(lines, 4); /* one per change + the final line */
 }
 
-static void watch_failed_exits_1(void **state)
-{
+static void watch_failed_exits_1(void **state) {
     (void)state;
     run_result r;
     RUN(&r, "watch", "bad1");
@@ -629,8 +601,7 @@ static void watch_failed_exits_1(void **state)
     expect(&r, 1, NULL, "unknown job 'nope'");
 }
 
-static void watch_json_lines(void **state)
-{
+static void watch_json_lines(void **state) {
     (void)state;
     run_result r;
     RUN(&r, "--json", "watch", "7f3a");
@@ -649,8 +620,7 @@ static void watch_json_lines(void **state)
 }
 
 /* On a terminal the progress line is rewritten in place. */
-static void watch_tty_rewrites_line(void **state)
-{
+static void watch_tty_rewrites_line(void **state) {
     (void)state;
     int m = posix_openpt(O_RDWR | O_NOCTTY);
     if (m < 0 || grantpt(m) != 0 || unlockpt(m) != 0) {
@@ -701,8 +671,7 @@ static void watch_tty_rewrites_line(void **state)
     assert_non_null(strstr(out, "job 7f3a done"));
 }
 
-static void cancel_and_reload(void **state)
-{
+static void cancel_and_reload(void **state) {
     (void)state;
     run_result r;
     RUN(&r, "cancel", "7f3a");
@@ -720,8 +689,7 @@ static void cancel_and_reload(void **state)
     expect(&r, 0, "\"message\"", NULL);
 }
 
-static void check_file(const char *path, const void *want, size_t n)
-{
+static void check_file(const char *path, const void *want, size_t n) {
     uint8_t *got = NULL;
     size_t len = 0;
     fs_diag d = {0};
@@ -731,8 +699,7 @@ static void check_file(const char *path, const void *want, size_t n)
     free(got);
 }
 
-static void fetch_writes_files(void **state)
-{
+static void fetch_writes_files(void **state) {
     (void)state;
     char out_dir[400];
     char path[500];
@@ -759,8 +726,7 @@ static void fetch_writes_files(void **state)
     json_decref(j);
 }
 
-static void fetch_refuses_bad_names(void **state)
-{
+static void fetch_refuses_bad_names(void **state) {
     (void)state;
     char out_dir[400];
     char path[500];
@@ -780,8 +746,7 @@ static void fetch_refuses_bad_names(void **state)
     expect(&r, 1, NULL, "unknown job 'nope'");
 }
 
-static void usage_errors_exit_2(void **state)
-{
+static void usage_errors_exit_2(void **state) {
     (void)state;
     run_result r;
     size_t before = n_requests();
@@ -802,8 +767,7 @@ static void usage_errors_exit_2(void **state)
     assert_int_equal(n_requests(), before);
 }
 
-static void socket_option_and_env(void **state)
-{
+static void socket_option_and_env(void **state) {
     (void)state;
     run_result r;
     /* --socket beats the environment */
@@ -825,8 +789,7 @@ static void socket_option_and_env(void **state)
 
 /* ---- unreachable coordinators (no server thread) ------------------------------------------- */
 
-static void missing_and_refused(void **state)
-{
+static void missing_and_refused(void **state) {
     (void)state;
     char path[400];
     snprintf(path, sizeof path, "%s/none.sock", g_dir);
@@ -852,8 +815,7 @@ static void missing_and_refused(void **state)
     unlink(path);
 }
 
-static void permission_denied(void **state)
-{
+static void permission_denied(void **state) {
     (void)state;
     char path[400];
     snprintf(path, sizeof path, "%s/perm.sock", g_dir);
@@ -892,8 +854,7 @@ static void permission_denied(void **state)
 }
 
 /* A fake coordinator that answers with bytes of our choosing. */
-static void bad_server_answer(const char *answer, const char *want_err)
-{
+static void bad_server_answer(const char *answer, const char *want_err) {
     size_t n = answer ? strlen(answer) : 0;
     char path[400];
     snprintf(path, sizeof path, "%s/fake.sock", g_dir);
@@ -940,8 +901,7 @@ static void bad_server_answer(const char *answer, const char *want_err)
     expect(&r, 1, NULL, want_err);
 }
 
-static void malformed_responses(void **state)
-{
+static void malformed_responses(void **state) {
     (void)state;
     bad_server_answer("garbage\n", "malformed response from the coordinator");
     bad_server_answer("[1,2]\n", "not an object with a boolean \"ok\"");
@@ -954,8 +914,7 @@ static void malformed_responses(void **state)
 
 /* ---- the server against garbage ------------------------------------------------------------ */
 
-static void server_rejects_non_json_and_closes(void **state)
-{
+static void server_rejects_non_json_and_closes(void **state) {
     (void)state;
     int fd = raw_connect(g_sock);
     raw_send(fd, "hello there\n", 12);
@@ -984,8 +943,7 @@ static void server_rejects_non_json_and_closes(void **state)
     close(fd);
 }
 
-static void server_envelope_errors_keep_connection(void **state)
-{
+static void server_envelope_errors_keep_connection(void **state) {
     (void)state;
     int fd = raw_connect(g_sock);
     const char *lines = "[1,2]\n"
@@ -1024,8 +982,7 @@ static void server_envelope_errors_keep_connection(void **state)
     close(fd);
 }
 
-static void server_response_limit(void **state)
-{
+static void server_response_limit(void **state) {
     (void)state;
     int fd = raw_connect(g_sock);
     raw_send(fd, "{\"v\":1,\"cmd\":\"big\"}\n{\"v\":1,\"cmd\":\"jobs\"}\n", 41);
@@ -1036,8 +993,7 @@ static void server_response_limit(void **state)
     close(fd);
 }
 
-static void server_over_long_line(void **state)
-{
+static void server_over_long_line(void **state) {
     (void)state;
     int fd = raw_connect(g_sock);
     size_t n = (size_t)FS_CONTROL_MAX_REQUEST + 4096;
@@ -1075,8 +1031,7 @@ static void server_over_long_line(void **state)
     expect(&r, 0, "7f3a", NULL);
 }
 
-static void server_too_many_connections(void **state)
-{
+static void server_too_many_connections(void **state) {
     (void)state;
     int fds[FS_CONTROL_MAX_CLIENTS + 8];
     int n = FS_CONTROL_MAX_CLIENTS + 8;
@@ -1106,8 +1061,7 @@ static void server_too_many_connections(void **state)
     expect(&r, 0, "7f3a", NULL);
 }
 
-static void server_survives_vanishing_clients(void **state)
-{
+static void server_survives_vanishing_clients(void **state) {
     (void)state;
     for (int i = 0; i < 20; i++) {
         int fd = raw_connect(g_sock);
@@ -1122,15 +1076,13 @@ static void server_survives_vanishing_clients(void **state)
     expect(&r, 0, "site-a", NULL);
 }
 
-static int setup_stall(void **state)
-{
+static int setup_stall(void **state) {
     (void)state;
     start_server(300);
     return 0;
 }
 
-static void server_drops_client_that_does_not_read(void **state)
-{
+static void server_drops_client_that_does_not_read(void **state) {
     (void)state;
     int fd = raw_connect(g_sock);
     raw_send(fd, "{\"v\":1,\"cmd\":\"big\"}\n{\"v\":1,\"cmd\":\"big\"}\n", 40);
@@ -1163,8 +1115,7 @@ static void server_drops_client_that_does_not_read(void **state)
 
 /* ---- fs_control_open ------------------------------------------------------------------------ */
 
-static void open_mode_stale_live_and_foreign_files(void **state)
-{
+static void open_mode_stale_live_and_foreign_files(void **state) {
     (void)state;
     char path[400];
     snprintf(path, sizeof path, "%s/open.sock", g_dir);
@@ -1226,8 +1177,7 @@ static void open_mode_stale_live_and_foreign_files(void **state)
     fs_control_close(NULL);
 }
 
-static void open_group(void **state)
-{
+static void open_group(void **state) {
     (void)state;
     char path[400];
     snprintf(path, sizeof path, "%s/grp.sock", g_dir);
@@ -1251,8 +1201,7 @@ static void open_group(void **state)
     fs_control_close(c);
 }
 
-static void error_helper(void **state)
-{
+static void error_helper(void **state) {
     (void)state;
     json_t *e = fs_control_error("line\none %s", "\x01two");
     assert_true(json_is_false(json_object_get(e, "ok")));
@@ -1279,8 +1228,7 @@ static void error_helper(void **state)
 }
 
 static void quiet_sink(int level, const char *file, int line, const char *func, const char *msg,
-                       const char *const *kv, void *ud)
-{
+                       const char *const *kv, void *ud) {
     (void)file;
     (void)line;
     (void)func;
@@ -1294,8 +1242,7 @@ static void quiet_sink(int level, const char *file, int line, const char *func, 
     }
 }
 
-int main(void)
-{
+int main(void) {
     const char *bin = getenv("FS_BIN_DIR");
     if (!bin) {
         fprintf(stderr, "test_control: FS_BIN_DIR is not set (run through ctest)\n");

@@ -295,6 +295,13 @@ static void allowed_agent_roundtrip(void **state)
     assert_int_equal(got->type, FS_MSG_WELCOME);
     assert_string_equal(got->u.welcome.agent, "agent-1");
     fs_wire_msg_free(got);
+    /* a routing id nobody owns (ZMQ_ROUTER_MANDATORY): reported, not silently dropped */
+    fs_link_peer ghost = peer;
+    ghost.rid[ghost.rid_len - 1] ^= 0x55;
+    assert_int_equal(fs_link_server_send(w.srv, &ghost, &wl, &d), FS_ENOTFOUND);
+    /* an unencodable message is refused before anything is sent */
+    strcpy(wl.u.welcome.agent, "bad name");
+    assert_int_equal(fs_link_server_send(w.srv, &peer, &wl, &d), FS_EINVAL);
     fs_link_client_close(c);
     world_close(&w);
 }

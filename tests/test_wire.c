@@ -789,6 +789,19 @@ static void model_transfer(void **state)
     assert_non_null(strstr(d.msg, "expected 100"));
     fs_model_rx_free(&rx);
     assert_int_equal(fs_model_rx_init(&rx, dg, 2000, 1000, &d), FS_EINVAL);
+    /* the sender answers only requests for its model and within it; lengths are clipped */
+    make_sample(FS_MSG_MODEL_REQ, &req);
+    memcpy(req.u.model_req.digest, dg, 32);
+    req.u.model_req.offset = total - 10;
+    req.u.model_req.len = 1000;
+    assert_int_equal(fs_model_make_chunk(&req, blob, total, dg, 65536, &chunk, &d), 0);
+    assert_int_equal(chunk.u.model_chunk.len, 10);
+    req.u.model_req.offset = total;
+    assert_int_equal(fs_model_make_chunk(&req, blob, total, dg, 65536, &chunk, &d), FS_EPROTO);
+    req.u.model_req.offset = 0;
+    req.u.model_req.digest[0] ^= 1;
+    assert_int_equal(fs_model_make_chunk(&req, blob, total, dg, 65536, &chunk, &d), FS_EPROTO);
+    assert_non_null(strstr(d.msg, "unknown model digest"));
     free(blob);
 }
 

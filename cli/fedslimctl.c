@@ -390,21 +390,25 @@ static void table_print(const table *t) {
             w[j] = cw > w[j] ? cw : w[j];
         }
     }
+    /* cells are at most CELL bytes and widths count characters, so a line fits in this */
+    char line[MAX_COLS * (CELL + CELL + 2) + 1];
     for (size_t i = 0; i <= t->rows; i++) {
+        size_t off = 0;
         for (int j = 0; j < t->ncols; j++) {
             const char *s = i == 0 ? t->head[j] : t->cells[i - 1][j];
-            size_t pad = w[j] - text_width(s);
-            bool last = j == t->ncols - 1;
-            if (t->right[j]) {
-                printf("%*s%s", (int)pad, "", s);
-            } else {
-                printf("%s%*s", s, last ? 0 : (int)pad, "");
-            }
-            if (!last) {
-                fputs("  ", stdout);
+            int pad = (int)(w[j] - text_width(s));
+            int n = t->right[j] ? snprintf(line + off, sizeof line - off, "%*s%s", pad, "", s)
+                                : snprintf(line + off, sizeof line - off, "%s%*s", s, pad, "");
+            off += (size_t)n;
+            if (j + 1 < t->ncols) {
+                off += (size_t)snprintf(line + off, sizeof line - off, "  ");
             }
         }
-        fputc('\n', stdout);
+        while (off > 0 && line[off - 1] == ' ') {
+            off--;
+        }
+        line[off] = '\0';
+        puts(line);
     }
 }
 

@@ -190,20 +190,45 @@ static json_t *handler(void *ud, const json_t *req) {
     return fs_control_error("unknown command '%s'", cmd);
 }
 
-static void *server_main(void *arg) {
+static int poll_timeout_ms(const fs_control *c) {
+    uint64_t dl = fs_control_deadline(c);
+    int timeout = 200;
+    if (dl) {
+        uint64_t now = fs_now_usec();
+        timeout = dl <= now ? 0 : (int)((dl - now + 999) / 1000);
+        timeout = timeout > 200 ? 200 : timeout;
+    }
+    return timeout;
+}
+
+/* The coordinator's way: zmq_poll over pollitems with raw fds (the stop pipe stands in for the
+ * ROUTER socket). */
+static void *server_main_zmq(void *arg) {
+    server *s = arg;
+    for (;;) {
+        zmq_pollitem_t it[1 + FS_CONTROL_MAX_FDS];
+        it[0] = (zmq_pollitem_t){.socket = NULL, .fd = s->stop[0], .events = ZMQ_POLLIN};
+        int n = 1 + fs_control_fill_zmq(s->ctl, it + 1, FS_CONTROL_MAX_FDS);
+        int r = zmq_poll(it, n, poll_timeout_ms(s->ctl));
+        if (r < 0 && errno != EINTR) {
+            break;
+        }
+        if (it[0].revents) {
+            break;
+        }
+        fs_control_service(s->ctl, handler, s);
+    }
+    return NULL;
+}
+
+/* A plain poll(2) loop. */
+static void *server_main_poll(void *arg) {
     server *s = arg;
     for (;;) {
         struct pollfd pfd[1 + FS_CONTROL_MAX_FDS];
         pfd[0] = (struct pollfd){.fd = s->stop[0], .events = POLLIN};
         int n = 1 + fs_control_fill_pollfd(s->ctl, pfd + 1, FS_CONTROL_MAX_FDS);
-        uint64_t dl = fs_control_deadline(s->ctl);
-        int timeout = 200;
-        if (dl) {
-            uint64_t now = fs_now_usec();
-            timeout = dl <= now ? 0 : (int)((dl - now + 999) / 1000);
-            timeout = timeout > 200 ? 200 : timeout;
-        }
-        int r = poll(pfd, (nfds_t)n, timeout);
+        int r = poll(pfd, (nfds_t)n, poll_timeout_ms(s->ctl));
         if (r < 0 && errno != EINTR) {
             break;
         }
@@ -224,7 +249,10 @@ static void start_server(int stall_ms) {
     g_srv.requests = json_array();
     pthread_mutex_init(&g_srv.mu, NULL);
     assert_int_equal(pipe(g_srv.stop), 0);
-    assert_int_equal(pthread_create(&g_srv.th, NULL, server_main, &g_srv), 0);
+    /* the stall test runs a poll(2) loop, the others the zmq_poll loop the coordinator uses */
+    assert_int_equal(
+        pthread_create(&g_srv.th, NULL, stall_ms > 0 ? server_main_poll : server_main_zmq, &g_srv),
+        0);
 }
 
 static void stop_server(void) {
@@ -617,6 +645,59 @@ static void watch_json_lines(void **state) {
         lines++;
     }
     assert_int_equal(lines, 3);
+}
+
+/* The coordinator restarts while a watch runs: watch reconnects and follows the job to the end. */
+static void watch_survives_restart(void **state) {
+    (void)state;
+    char out_path[400];
+    char err_path[400];
+    snprintf(out_path, sizeof out_path, "%s/restart.out", g_dir);
+    snprintf(err_path, sizeof err_path, "%s/restart.err", g_dir);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+        int e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+        if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0) {
+            _exit(126);
+        }
+        execl(g_ctl, g_ctl, "--socket", g_sock, "watch", "7f3a", (char *)NULL);
+        _exit(124);
+    }
+    for (int i = 0; i < 200; i++) { /* wait for the first status request */
+        pthread_mutex_lock(&g_srv.mu);
+        int n = g_srv.status_calls;
+        pthread_mutex_unlock(&g_srv.mu);
+        if (n >= 1) {
+            break;
+        }
+        usleep(20000);
+    }
+    stop_server(); /* the socket file disappears: ENOENT for the client */
+    usleep(1500000);
+    start_server(0); /* fresh counters: the job reports 100, 200, 300 again */
+    int st = 0;
+    waitpid(pid, &st, 0);
+    run_result r;
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    slurp(out_path, r.out, sizeof r.out);
+    slurp(err_path, r.err, sizeof r.err);
+    expect(&r, 0, "job 7f3a done", NULL);
+    assert_string_equal(r.err, "");
+}
+
+static void watch_unreachable_fails_at_once(void **state) {
+    (void)state;
+    char path[400];
+    snprintf(path, sizeof path, "%s/nowhere.sock", g_dir);
+    run_result r;
+    const char *const a[] = {"--socket", path, "watch", "7f3a", NULL};
+    double t0 = fs_now_sec();
+    run_as(&r, NULL, -1, -1, a);
+    expect(&r, 1, NULL, "is fedslim-coordinator running? (No such file or directory)");
+    assert_true(fs_now_sec() - t0 < 10.0);
 }
 
 /* On a terminal the progress line is rewritten in place. */
@@ -1275,6 +1356,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(watch_failed_exits_1, setup, teardown),
         cmocka_unit_test_setup_teardown(watch_json_lines, setup, teardown),
         cmocka_unit_test_setup_teardown(watch_tty_rewrites_line, setup, teardown),
+        cmocka_unit_test_setup_teardown(watch_survives_restart, setup, teardown),
+        cmocka_unit_test(watch_unreachable_fails_at_once),
         cmocka_unit_test_setup_teardown(cancel_and_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(fetch_writes_files, setup, teardown),
         cmocka_unit_test_setup_teardown(fetch_refuses_bad_names, setup, teardown),

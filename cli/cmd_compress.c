@@ -254,8 +254,16 @@ int cmd_compress(int argc, char **argv)
                                     : (double)r->on_source.agree / (double)r->on_source.n;
         snprintf(agree, sizeof agree, "%.2f", 100.0 * ag);
         char label[64];
-        snprintf(label, sizeof label, "%s=%.2f (-%d blocks)", fs_target_kind_name(pc.target_kind),
-                 (double)r->target, r->n_dropped);
+        if (pc.methods & (FS_METHOD_PRUNE_CHANNELS | FS_METHOD_LOWRANK)) {
+            int lowrank = (pc.methods & FS_METHOD_LOWRANK) != 0, n = 0;
+            for (int k = 0; k < r->n_changes; k++)
+                n += lowrank ? 1 : r->changes[k].before - r->changes[k].after;
+            snprintf(label, sizeof label, "%s=%.2f (%s%d %s)", fs_target_kind_name(pc.target_kind),
+                     (double)r->target, lowrank ? "" : "-", n, lowrank ? "low-rank" : "ch");
+        } else {
+            snprintf(label, sizeof label, "%s=%.2f (-%d blocks)",
+                     fs_target_kind_name(pc.target_kind), (double)r->target, r->n_dropped);
+        }
         printf("%-28s %8s %8s %10lld %9.2f %10.3f %11.2f %10lld\n", label, acc, agree,
                (long long)r->params, (double)r->flops / 1e6, r->latency_b1 * 1e3,
                r->latency_b64 * 1e3, (long long)models[i].bytes);

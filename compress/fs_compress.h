@@ -100,4 +100,96 @@ int fs_practise_score(fs_source *src, fs_model *teacher, const fs_practise_confi
 int fs_practise_choose(const fs_block_score *scores, int n, double target_fraction,
                        int *chosen, int *n_chosen, fs_diag *d);
 
+/* ==== channel pruning (network slimming) and low-rank factorization ==========================
+ * ALGORITHMS.md c.1-c.4 and e.1. Both take a dense ResNet teacher (layers without rank/N:M/int8
+ * options, no adaptors) and return a physically smaller student whose tensors keep torchvision's
+ * names, so every objective and the model format work unchanged. Both are data-free except the
+ * optional sparsity training (fs_prune_sparsify), which runs on the source like any recovery. */
+
+typedef enum { FS_COST_FLOPS = 1, FS_COST_PARAMS = 2, FS_COST_LATENCY = 3 } fs_cost_kind;
+
+/* One layer (or channel group) whose size a method changed: widths for pruning, ranks for
+ * low-rank. */
+typedef struct {
+    char name[64];      /* pruning: the conv whose outputs were cut ("layer1.0.conv1") or the
+                           residual stream ("stream layer2", "stream conv1+layer1");
+                           low-rank: the factorized layer ("layer1.0.conv2", "fc") */
+    int before, after;  /* pruning: channels; low-rank: full rank min(OC, C*KH*KW), kept rank */
+} fs_layer_change;
+
+typedef enum { FS_PRUNE_BN_GAMMA = 1, FS_PRUNE_L1 = 2 } fs_prune_criterion;
+
+typedef struct {
+    fs_prune_criterion criterion;   /* default |gamma| of the BN after each conv */
+    float min_fraction;             /* a layer keeps >= max(1, ceil(min_fraction * width)); 0.1 */
+    int compensate;                 /* 1 (default): fold removed channels' constant outputs into
+                                       the following BN's running mean / the fc bias (c.4) */
+    float threshold;                /* target 0 only: remove every channel scoring <= threshold */
+    int keep_output;                /* 1: never prune the stream that feeds global pooling (the
+                                       pre-GAP features keep the teacher's shape, as feature
+                                       mimicking needs); default 0 */
+    /* latency targets: measured with these (latency NULL = fs_latency; the same signature as
+     * fs_latency_fn) */
+    int latency_batch, latency_reps;    /* default 64, 5 */
+    int (*latency)(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d);
+    void *latency_ud;
+} fs_prune_config;
+void fs_prune_defaults(fs_prune_config *c);
+
+/* Plans and applies channel pruning. Scores: per channel, |gamma| (or the filter's L1 norm over the
+ * mean L1 norm of its layer); channels joined by residual adds form one group per stream (every
+ * block's last BN and downsample BN of a stage, plus the stem's bn1 when layer1.0 has no
+ * downsample) scored by the mean over the group; interior channels are scored per layer. Removes
+ * the lowest-scoring channel, globally, until cost <= target * teacher's cost, where cost is FLOPs
+ * or parameters (exact, as fs_model_flops / fs_model_num_params count them) or latency (planned
+ * by FLOPs, then measured and tightened until met). target 0: threshold mode (c->threshold).
+ * returns owned: *out (fs_model_free) and *changes (free(), one entry per layer/group, also for
+ * unchanged ones; may be NULL when not wanted). FS_EINVAL with a message when the target is below
+ * what the minimum widths allow or the teacher is not a dense ResNet. */
+int fs_prune_channels(fs_model **out, const fs_model *teacher, const fs_prune_config *c,
+                      fs_cost_kind kind, double target, fs_layer_change **changes, int *n_changes,
+                      fs_diag *d);
+
+/* Sparsity training on BN scales before pruning (c.1/c.2): the source's objective plus
+ * lambda * sum g(gamma) over every BN, for rc->iterations steps of fs_recover (whose before_step /
+ * after_step hooks it uses). */
+typedef enum { FS_SPARSITY_L1 = 1, FS_SPARSITY_TL1 = 2, FS_SPARSITY_PROX_L1 = 3 } fs_sparsity_kind;
+typedef struct {
+    fs_sparsity_kind kind;
+    float lambda;       /* default 1e-4 */
+    float a;            /* TL1 shape, default 1 */
+} fs_sparsity_config;
+int fs_prune_sparsify(fs_source *src, fs_model *m, const fs_sparsity_config *sc,
+                      const fs_recover_config *rc, fs_progress_fn progress, void *ud, fs_diag *d);
+
+typedef struct {
+    int all_convs;      /* 0 (default): 3x3 stride-1 convs only (TRP); 1: every conv but the stem */
+    int stem;           /* also the stem conv; default 0 */
+    int linear;         /* also the fc layer (every linear of an MLP); default 1 */
+    float energy;       /* target 0: rank = min r with sum_{i<=r} s_i^2 / sum s_i^2 >= energy; 0.9 */
+    int latency_batch, latency_reps;    /* latency targets, as fs_prune_config */
+    int (*latency)(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d);
+    void *latency_ud;
+} fs_lowrank_config;
+void fs_lowrank_defaults(fs_lowrank_config *c);
+
+/* The smallest r in 1..n with sum_{i<r} s_i^2 >= e * sum s_i^2 (s descending, n >= 1). */
+int fs_lowrank_energy_rank(const double *s, int n, double e);
+
+/* Factorizes the named layers at the given ranks (1..min(OC, C*KH*KW)), with no cost test:
+ * conv -> "<name>.0" = sqrt(S_r) V_r^T [r,C,KH,KW] (original stride/padding) + "<name>.1" =
+ * U_r sqrt(S_r) [OC,r,1,1]; linear likewise, bias on ".1". Other tensors are copied.
+ * returns owned *out. */
+int fs_lowrank_apply(fs_model **out, const fs_model *teacher, const char *const *names,
+                     const int *ranks, int n, fs_diag *d);
+
+/* Plans ranks (by energy when target is 0, else by bisection on one global energy threshold until
+ * cost <= target * teacher's; a layer is factorized only when r (IN + OUT) < IN * OUT) and applies
+ * them. Returns owned *out and *changes (factorized layers only; may be NULL). */
+int fs_lowrank(fs_model **out, const fs_model *teacher, const fs_lowrank_config *c,
+               fs_cost_kind kind, double target, fs_layer_change **changes, int *n_changes,
+               fs_diag *d);
+
+/* ==== end of channel pruning / low-rank ===================================================== */
+
 #endif

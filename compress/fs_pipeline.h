@@ -32,6 +32,11 @@ typedef struct {
     fs_practise_config practise;
     fs_recover_config recovery;     /* objective is set from `recover` */
     int bn_rounds;                  /* BN re-estimation passes; 0 = one per BN layer (exact) */
+    /* prune-channels / lowrank (their latency measurement comes from `practise`) */
+    fs_prune_config prune;
+    long sparsity_iterations;       /* > 0: sparsity training on BN scales before pruning */
+    fs_sparsity_config sparsity;    /* default: proximal L1, lambda 1e-4 */
+    fs_lowrank_config lowrank;
 } fs_pipeline_config;
 
 /* Defaults: drop-blocks, feature mimicking, latency 0.75, ALGORITHMS.md a.7 recovery. */
@@ -54,6 +59,8 @@ typedef struct {
     fs_eval_sum on_source;          /* agreement with the teacher (and accuracy if labeled) */
     int64_t params, flops;
     double latency_b1, latency_b64; /* seconds per forward pass */
+    int n_changes;                  /* prune-channels: widths per layer/stream; lowrank: ranks */
+    fs_layer_change *changes;       /* owned (fs_pipeline_output_free) */
 } fs_pipeline_result;
 
 typedef struct {

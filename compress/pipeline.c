@@ -19,6 +19,11 @@ void fs_pipeline_defaults(fs_pipeline_config *c)
     c->targets[0] = 0.75f;
     fs_practise_defaults(&c->practise);
     fs_recover_defaults(&c->recovery);
+    fs_prune_defaults(&c->prune);
+    c->sparsity.kind = FS_SPARSITY_PROX_L1;
+    c->sparsity.lambda = 1e-4f;
+    c->sparsity.a = 1.0f;
+    fs_lowrank_defaults(&c->lowrank);
 }
 
 int fs_pipeline_parse_methods(int *methods, const char *s, fs_diag *d)
@@ -179,10 +184,99 @@ static int recover_student(const fs_pipeline_config *c, fs_model *student, fs_so
     return rc;
 }
 
+/* The teacher's latency, size and agreement: the reference every result is compared with. */
+static int measure_teacher(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
+                           fs_pipeline_output *out, fs_diag *d)
+{
+    int rc = measure(teacher, &c->practise, &out->latency_b1, &out->latency_b64, d);
+    if (rc)
+        return rc;
+    out->params = fs_model_num_params(teacher);
+    out->flops = fs_model_flops(teacher);
+    if ((rc = fs_source_set_student(src, teacher, d)) != 0 ||
+        (rc = fs_source_evaluate(src, teacher, &out->on_source, d)) != 0)
+        return rc;
+    return 0;
+}
+
+/* prune-channels or lowrank: for each target, a physically smaller student planned from the
+ * weights alone (after optional sparsity training for pruning), then the same recovery and
+ * measurements as drop-blocks. */
+static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
+                                fs_progress_fn progress, void *ud, fs_pipeline_output *out,
+                                fs_diag *d)
+{
+    int prune = c->methods == FS_METHOD_PRUNE_CHANNELS;
+    const char *mname = prune ? "prune-channels" : "lowrank";
+    if (teacher->arch.type != FS_ARCH_RESNET && prune)
+        return fs_diag_set(d, FS_EINVAL, "prune-channels needs a ResNet teacher");
+    fs_cost_kind kind = c->target_kind == FS_TARGET_FLOPS    ? FS_COST_FLOPS
+                        : c->target_kind == FS_TARGET_PARAMS ? FS_COST_PARAMS
+                                                             : FS_COST_LATENCY;
+    fs_prune_config pc = c->prune;
+    fs_lowrank_config lc = c->lowrank;
+    pc.latency_batch = lc.latency_batch = c->practise.latency_batch;
+    pc.latency_reps = lc.latency_reps = c->practise.latency_reps;
+    if (c->recover == FS_RECOVER_MIMIC)
+        pc.keep_output = 1;     /* mimicking compares pre-GAP features with the teacher's */
+    int rc = measure_teacher(c, teacher, src, out, d);
+    if (rc)
+        return rc;
+    fs_model *base = teacher, *sparse = NULL;
+    if (prune && c->sparsity_iterations > 0) {
+        /* network slimming: the objective plus a penalty on BN scales, on a copy of the teacher */
+        if ((rc = fs_model_clone(&sparse, teacher, d)) != 0)
+            return rc;
+        fs_recover_config rcfg = c->recovery;
+        rcfg.iterations = c->sparsity_iterations;
+        rcfg.objective = c->recover == FS_RECOVER_KD   ? FS_OBJ_KD
+                         : c->recover == FS_RECOVER_CE ? FS_OBJ_CE
+                                                       : FS_OBJ_MIMIC;
+        if (rcfg.temperature <= 0)
+            rcfg.temperature = 4.0f;
+        fs_model_set_trainable(sparse, 1);
+        if ((rc = fs_prune_sparsify(src, sparse, &c->sparsity, &rcfg, progress, ud, d)) != 0)
+            goto done;
+        base = sparse;
+    }
+    for (int t = 0; t < c->n_targets; t++) {
+        fs_pipeline_result *r = &out->results[out->n_results];
+        memset(r, 0, sizeof *r);
+        r->target = c->targets[t];
+        if (progress)
+            progress(ud, mname, t + 1, c->n_targets, 0, 0);
+        rc = prune ? fs_prune_channels(&r->model, base, &pc, kind, r->target, &r->changes,
+                                       &r->n_changes, d)
+                   : fs_lowrank(&r->model, base, &lc, kind, r->target, &r->changes,
+                                &r->n_changes, d);
+        if (rc)
+            goto done;
+        out->n_results++;
+        if ((rc = recover_student(c, r->model, src, progress, ud, r, d)) != 0)
+            goto done;
+        r->params = fs_model_num_params(r->model);
+        r->flops = fs_model_flops(r->model);
+        if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
+            (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
+            goto done;
+    }
+done:
+    fs_model_free(sparse);
+    return rc;
+}
+
 int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
                     fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d)
 {
     memset(out, 0, sizeof *out);
+    int structural = c->methods & (FS_METHOD_DROP_BLOCKS | FS_METHOD_PRUNE_CHANNELS |
+                                   FS_METHOD_LOWRANK);
+    if (structural & (structural - 1))
+        return fs_diag_set(d, FS_EUNSUPPORTED, "methods: drop-blocks, prune-channels and lowrank "
+                           "cannot be combined in one run yet; run one, then compress its output "
+                           "with the next");
+    if (c->methods == FS_METHOD_PRUNE_CHANNELS || c->methods == FS_METHOD_LOWRANK)
+        return run_prune_or_lowrank(c, teacher, src, progress, ud, out, d);
     if (c->methods != FS_METHOD_DROP_BLOCKS)
         return fs_diag_set(d, FS_EUNSUPPORTED, "this build plans drop-blocks alone; other methods "
                            "and combinations are not available yet");
@@ -236,6 +330,9 @@ void fs_pipeline_output_free(fs_pipeline_output *out)
     for (int i = 0; i < out->n_results; i++) {
         fs_model_free(out->results[i].model);
         out->results[i].model = NULL;
+        free(out->results[i].changes);
+        out->results[i].changes = NULL;
+        out->results[i].n_changes = 0;
     }
     out->n_results = 0;
 }

@@ -61,9 +61,9 @@ size_t fs_wire_dtype_size(fs_wire_dtype t); /* 0 for an unknown value */
 const char *fs_wire_dtype_name(fs_wire_dtype t);
 
 /* A whole tensor as the application sees it. On encode `data` is borrowed (nbytes bytes, must
- * equal numel(shape) * dtype size); the encoder splits it into chunk frames. On decode `data` is an
- * fs_alloc'ed 64-byte-aligned buffer owned by the message; the caller may take it by copying the
- * pointer and setting t->data = NULL (then it frees it with fs_free). */
+ * equal numel(shape) * dtype size); the encoder splits it into chunk frames. On decode `data` is a
+ * 64-byte-aligned buffer owned by the message (free with fs_free); the caller may take it by
+ * copying the pointer and setting t->data = NULL. */
 typedef struct {
     char name[FS_WIRE_TENSOR_NAME_MAX + 1];
     fs_wire_dtype dtype;
@@ -281,7 +281,8 @@ typedef struct {
     uint8_t digest[FS_WIRE_DIGEST_BYTES];
     uint64_t total;
     uint64_t received; /* bytes [0, received) are filled */
-    uint8_t *buf;      /* fs_alloc'ed, total bytes (owned; take it after fs_model_rx_finish) */
+    uint8_t *buf;      /* total bytes, 64-byte aligned, free with fs_free; meaningful only after
+                        * fs_model_rx_finish returned 0 (then the caller may take it) */
 } fs_model_rx;
 
 /* 0, FS_EINVAL (total 0 or > max_bytes) or FS_ENOMEM. */

@@ -23,6 +23,10 @@ struct fs_wire_owned {
 /* Sets the hook fs_wire_msg_free calls (once) after freeing the message's own blocks. */
 void fs_wire_msg_set_release(fs_wire_msg *m, void (*release)(void *), void *arg);
 
+/* A buffer the caller overwrites completely: 64-byte aligned, NOT zeroed, freed with fs_free;
+ * >= 8 MiB: 2 MiB aligned and advised as transparent huge pages (decode copy 2-3x faster). */
+void *fs_wire_alloc_big(size_t bytes);
+
 /* [A-Za-z0-9._-], 1..max chars. */
 bool fs_wire_name_ok(const char *s, size_t len, size_t max);
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fs_wire.h"
+#include "protocol_internal.h"
 
 void fs_wire_session_init(fs_wire_session *s)
 {
@@ -90,7 +91,7 @@ int fs_model_rx_init(fs_model_rx *rx, const uint8_t digest[FS_WIRE_DIGEST_BYTES]
     if (expected_total == 0 || expected_total > max_bytes || expected_total > SIZE_MAX)
         return fs_diag_set(d, FS_EINVAL, "model: size %llu not in 1..%llu bytes",
                            (unsigned long long)expected_total, (unsigned long long)max_bytes);
-    rx->buf = fs_alloc((size_t)expected_total);
+    rx->buf = fs_wire_alloc_big((size_t)expected_total); /* filled in order before it is used */
     if (!rx->buf)
         return fs_diag_set(d, FS_ENOMEM, "model: cannot allocate %llu bytes",
                            (unsigned long long)expected_total);

@@ -677,6 +677,7 @@ enum {
     F_F64,       /* int or float, finite */
     F_MAP,       /* stores the msgpack_object pointer */
     F_ARRAY,
+    F_STR_OBJ,   /* a string, checked by the caller: stores the msgpack_object pointer */
 };
 
 typedef struct {
@@ -762,6 +763,11 @@ static int store_field(const field *f, const msgpack_object *v, const char *wher
     case F_ARRAY:
         if (v->type != MSGPACK_OBJECT_ARRAY)
             return fs_diag_set(d, FS_EPROTO, "%s.%s: not an array", where, f->key);
+        *(const msgpack_object **)f->dst = v;
+        return 0;
+    case F_STR_OBJ:
+        if (v->type != MSGPACK_OBJECT_STR)
+            return fs_diag_set(d, FS_EPROTO, "%s.%s: not a string", where, f->key);
         *(const msgpack_object **)f->dst = v;
         return 0;
     }
@@ -904,42 +910,16 @@ static int decode_desc(const msgpack_object *o, desc *ds, size_t idx, fs_diag *d
     char where[48];
     snprintf(where, sizeof where, "body.tensors[%zu]", idx);
     field f[] = {
-        {"name", F_MAP, true, &name}, /* kinds fixed up below: strings checked by hand */
-        {"dtype", F_MAP, true, &dtype},
+        {"name", F_STR_OBJ, true, &name},
+        {"dtype", F_STR_OBJ, true, &dtype},
         {"shape", F_ARRAY, true, &shape},
         {"offset", F_U64, true, &ds->offset},
         {"len", F_U64, true, &ds->len},
         {"frame", F_U64, true, &ds->frame},
     };
-    /* name and dtype are strings: walk them as raw objects via a small detour */
-    uint64_t seen = 0;
-    if (o->type != MSGPACK_OBJECT_MAP)
-        return fs_diag_set(d, FS_EPROTO, "%s: not a map", where);
-    for (uint32_t i = 0; i < o->via.map.size; i++) {
-        const msgpack_object_kv *kv = &o->via.map.ptr[i];
-        if (kv->key.type != MSGPACK_OBJECT_STR)
-            return fs_diag_set(d, FS_EPROTO, "%s: key %u is not a string", where, i);
-        for (size_t j = 0; j < sizeof f / sizeof f[0]; j++) {
-            if (!key_is(&kv->key, f[j].key))
-                continue;
-            if (seen & (1u << j))
-                return fs_diag_set(d, FS_EPROTO, "%s.%s: duplicate key", where, f[j].key);
-            seen |= 1u << j;
-            if (j < 2) {
-                if (kv->val.type != MSGPACK_OBJECT_STR)
-                    return fs_diag_set(d, FS_EPROTO, "%s.%s: not a string", where, f[j].key);
-                *(const msgpack_object **)f[j].dst = &kv->val;
-            } else {
-                int rc = store_field(&f[j], &kv->val, where, d);
-                if (rc)
-                    return rc;
-            }
-            break;
-        }
-    }
-    for (size_t j = 0; j < sizeof f / sizeof f[0]; j++)
-        if (!(seen & (1u << j)))
-            return fs_diag_set(d, FS_EPROTO, "%s.%s: missing", where, f[j].key);
+    int rc = walk(o, f, sizeof f / sizeof f[0], where, d);
+    if (rc)
+        return rc;
     if (!tensor_name_ok(name->via.str.ptr, name->via.str.size))
         return fs_diag_set(d, FS_EPROTO, "%s.name: not 1-128 chars of [A-Za-z0-9._/:-]", where);
     memcpy(ds->name, name->via.str.ptr, name->via.str.size);

@@ -38,7 +38,8 @@ typedef struct {
     char *in;        /* received bytes not yet consumed */
     size_t in_len;
     size_t in_cap;
-    size_t in_scanned; /* in[0..in_scanned) holds no '\n' */
+    size_t in_start;   /* in[in_start..in_len) is unconsumed; earlier bytes are answered */
+    size_t in_scanned; /* in[in_start..in_scanned) holds no '\n' */
     char *out;         /* queued response bytes: out[out_off..out_len) unsent */
     size_t out_len;
     size_t out_off;
@@ -560,16 +561,21 @@ done:
     return resp;
 }
 
-/* Answers complete lines while no output is pending (one response in flight per client). */
+/* Answers complete lines while no output is pending (one response in flight per client).
+ * Consumed lines only advance in_start (no copying per line: a client may pipeline many small
+ * requests in one write); read_some compacts the buffer before it reads. */
 static void process_lines(fs_control *c, client *cl, fs_control_handler handler, void *ud) {
     while (!wants_output(cl) && !cl->close_reason) {
         char *nl = NULL;
+        if (cl->in_scanned < cl->in_start) {
+            cl->in_scanned = cl->in_start;
+        }
         if (cl->in_len > cl->in_scanned) {
             nl = memchr(cl->in + cl->in_scanned, '\n', cl->in_len - cl->in_scanned);
         }
         if (!nl) {
             cl->in_scanned = cl->in_len;
-            if (cl->in_len > FS_CONTROL_MAX_REQUEST) {
+            if (cl->in_len - cl->in_start > FS_CONTROL_MAX_REQUEST) {
                 json_t *e =
                     fs_control_error("request line longer than %u bytes", FS_CONTROL_MAX_REQUEST);
                 if (e) {
@@ -577,21 +583,20 @@ static void process_lines(fs_control *c, client *cl, fs_control_handler handler,
                 }
                 json_decref(e);
                 cl->close_reason = "request line too long";
-                cl->in_len = 0;
-                cl->in_scanned = 0;
+                cl->in_len = cl->in_start = cl->in_scanned = 0;
             }
             return;
         }
-        size_t len = (size_t)(nl - cl->in);
-        size_t line_len = len;
-        if (line_len > 0 && cl->in[line_len - 1] == '\r') {
+        const char *line = cl->in + cl->in_start;
+        size_t line_len = (size_t)(nl - line);
+        if (line_len > 0 && line[line_len - 1] == '\r') {
             line_len--;
         }
         if (line_len > 0) {
             char cmd[80];
             const char *close_after = NULL;
             json_t *resp =
-                answer(c, cl, cl->in, line_len, handler, ud, cmd, sizeof cmd, &close_after);
+                answer(c, cl, line, line_len, handler, ud, cmd, sizeof cmd, &close_after);
             if (resp) {
                 queue_json(cl, resp, cmd);
                 json_decref(resp);
@@ -602,14 +607,14 @@ static void process_lines(fs_control *c, client *cl, fs_control_handler handler,
                 cl->close_reason = close_after;
             }
         }
-        size_t rest = cl->in_len - len - 1;
-        memmove(cl->in, nl + 1, rest);
-        cl->in_len = rest;
-        cl->in_scanned = 0;
-        if (cl->in_len == 0 && cl->in_cap > KEEP_BUFFER) {
-            free(cl->in);
-            cl->in = NULL;
-            cl->in_cap = 0;
+        cl->in_start = (size_t)(nl - cl->in) + 1;
+        if (cl->in_start == cl->in_len) {
+            cl->in_len = cl->in_start = cl->in_scanned = 0;
+            if (cl->in_cap > KEEP_BUFFER) {
+                free(cl->in);
+                cl->in = NULL;
+                cl->in_cap = 0;
+            }
         }
     }
 }
@@ -618,6 +623,13 @@ static void process_lines(fs_control *c, client *cl, fs_control_handler handler,
  * are available now, -1 on a read error. EOF sets cl->eof and returns 0. */
 static int read_some(client *cl, uint64_t now) {
     const size_t limit = (size_t)FS_CONTROL_MAX_REQUEST + 1; /* a full line plus its '\n' */
+    if (cl->in_start > 0) {
+        /* only a partial line is left (complete ones are answered before reading) */
+        memmove(cl->in, cl->in + cl->in_start, cl->in_len - cl->in_start);
+        cl->in_len -= cl->in_start;
+        cl->in_scanned = cl->in_scanned > cl->in_start ? cl->in_scanned - cl->in_start : 0;
+        cl->in_start = 0;
+    }
     if (cl->in_len >= limit) {
         return 0; /* process_lines reports the over-long line */
     }
@@ -686,10 +698,11 @@ static const char *service_client(fs_control *c, client *cl, fs_control_handler 
             break; /* nothing more now */
         }
     }
-    if (wants_output(cl) && now - cl->last_output > c->stall_usec) {
+    /* (last_output may be a little later than `now`: queue_json stamps it with a fresh clock) */
+    if (wants_output(cl) && now > cl->last_output && now - cl->last_output > c->stall_usec) {
         return "not reading its responses";
     }
-    if (now - cl->last_active > (uint64_t)IDLE_MS * 1000u) {
+    if (now > cl->last_active && now - cl->last_active > (uint64_t)IDLE_MS * 1000u) {
         return "idle";
     }
     return NULL;

@@ -1063,6 +1063,52 @@ static void server_envelope_errors_keep_connection(void **state) {
     close(fd);
 }
 
+/* Thousands of requests in one stream, written while the answers are read: all answered, in order.
+ */
+static void server_pipelined_flood(void **state) {
+    (void)state;
+    enum { N = 5000 };
+    size_t one = strlen("{\"v\":1,\"cmd\":\"cancel\",\"job\":\"7f3a\"}\n");
+    char *blob = malloc(N * one + 1);
+    assert_non_null(blob);
+    for (int i = 0; i < N; i++) {
+        memcpy(blob + (size_t)i * one, "{\"v\":1,\"cmd\":\"cancel\",\"job\":\"7f3a\"}\n", one);
+    }
+    int fd = raw_connect(g_sock);
+    size_t off = 0;
+    size_t total = N * one;
+    int answers = 0;
+    char buf[65536];
+    size_t pending = 0; /* bytes of a partial answer line */
+    double t0 = fs_now_sec();
+    while (answers < N && fs_now_sec() - t0 < 60.0) {
+        struct pollfd p = {.fd = fd, .events = POLLIN | (off < total ? POLLOUT : 0)};
+        assert_true(poll(&p, 1, 10000) == 1);
+        if ((p.revents & POLLOUT) && off < total) {
+            ssize_t w = send(fd, blob + off, total - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w > 0) {
+                off += (size_t)w;
+            }
+        }
+        if (p.revents & POLLIN) {
+            ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+            assert_true(r > 0);
+            for (ssize_t i = 0; i < r; i++) {
+                pending++;
+                if (buf[i] == '\n') {
+                    assert_int_equal(pending, strlen("{\"ok\":true}\n"));
+                    pending = 0;
+                    answers++;
+                }
+            }
+        }
+    }
+    close(fd);
+    free(blob);
+    assert_int_equal(answers, N);
+    assert_int_equal(n_requests(), N);
+}
+
 static void server_response_limit(void **state) {
     (void)state;
     int fd = raw_connect(g_sock);
@@ -1368,6 +1414,7 @@ int main(void) {
         cmocka_unit_test(malformed_responses),
         cmocka_unit_test_setup_teardown(server_rejects_non_json_and_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(server_envelope_errors_keep_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(server_pipelined_flood, setup, teardown),
         cmocka_unit_test_setup_teardown(server_response_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(server_over_long_line, setup, teardown),
         cmocka_unit_test_setup_teardown(server_too_many_connections, setup, teardown),

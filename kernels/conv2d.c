@@ -408,8 +408,8 @@ static void simd_backward_chunk(int impl, float *din, float *dw_acc, const float
         }
         if (dw_acc) { /* dW[OCg, kcol] += dpad · colᵀ over all nb images */
             for (int i = 0; i < nb; i++)
-                im2col_w(col + (size_t)i * ld, in + (size_t)(n0 + i) * in_img + (size_t)g * Cg * plane,
-                         Cg, s, L, ld, 1);
+                im2col_w(col + (size_t)i * ld,
+                         in + (size_t)(n0 + i) * in_img + (size_t)g * Cg * plane, Cg, s, L, ld, 1);
             fs__ugemm_dot(impl, OCg, kcol, (int)L, dpad, (ptrdiff_t)L, col, (ptrdiff_t)L,
                           dw_acc + (size_t)g * OCg * kcol, kcol);
         }
@@ -557,7 +557,8 @@ static implicit_geom implicit_geometry(const fs_conv2d_shape *s, size_t target)
                 g.phase[a][b] = g.nph++;
     size_t nb = (target + (size_t)g.S - 1) / (size_t)g.S;
     size_t mx = (size_t)(s->C > s->OC ? s->C : s->OC);
-    size_t budget = (size_t)(target <= 512 ? 262144 : 524288) / (((size_t)s->C * g.nph + s->OC + mx) * (size_t)g.S);
+    size_t budget = (size_t)(target <= 512 ? 262144 : 524288) /
+                    (((size_t)s->C * g.nph + s->OC + mx) * (size_t)g.S);
     if (nb > budget)
         nb = budget;
     g.nb = balanced_chunk(s->N, nb);
@@ -631,8 +632,9 @@ static void fill_dout(float *dp, const float *dout, int n0, int nb, const fs_con
 {
     const size_t out_img = (size_t)s->OC * s->OH * s->OW;
     for (int oc = 0; oc < s->OC; oc++)
-        fill_region(dp + (size_t)oc * g->cs, dout + (size_t)n0 * out_img + (size_t)oc * s->OH * s->OW,
-                    out_img, nb, s->OH, s->OW, 1, 0, 0, s->OH, s->OW, g);
+        fill_region(dp + (size_t)oc * g->cs,
+                    dout + (size_t)n0 * out_img + (size_t)oc * s->OH * s->OW, out_img, nb, s->OH,
+                    s->OW, 1, 0, 0, s->OH, s->OW, g);
     memset(dp + (size_t)s->OC * g->cs, 0, sizeof(float) * g->slack);
 }
 
@@ -785,7 +787,8 @@ static size_t implicit_workspace_for(const fs_conv2d_shape *s, size_t target)
 
 static size_t implicit_workspace(const fs_conv2d_shape *s)
 {
-    size_t f = implicit_workspace_for(s, IMP_TARGET_FWD), b = implicit_workspace_for(s, IMP_TARGET_BWD);
+    size_t f = implicit_workspace_for(s, IMP_TARGET_FWD);
+    size_t b = implicit_workspace_for(s, IMP_TARGET_BWD);
     return f > b ? f : b;
 }
 

@@ -115,11 +115,39 @@ UK_CAT(uk_nn_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t sai, ptrdi
     }
 }
 
+/* A stored transposed (sai == 1, rows of A far apart in memory: e.g. dyᵀ): the MR x K panels are
+ * copied into a small contiguous stack buffer, in blocks of UK_PK columns, so the broadcasts do
+ * not thrash L1 sets; later blocks accumulate into C. */
+#define UK_PK 256
+static inline __attribute__((always_inline, target(UK_TARGET))) void
+UK_CAT(uk_nn_packed_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t saj, const float *B,
+                              ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc)
+{
+    float apack[UK_PK * UK_MR];
+    for (int k0 = 0; k0 < K; k0 += UK_PK) {
+        const int kc = K - k0 < UK_PK ? K - k0 : UK_PK;
+        const int ac = acc || k0 > 0;
+        for (int i0 = 0; i0 < M; i0 += UK_MR) {
+            const int mr = M - i0 < UK_MR ? M - i0 : UK_MR;
+            for (int j = 0; j < kc; j++) {
+                const float *src = A + (ptrdiff_t)(k0 + j) * saj + i0;
+                for (int r = 0; r < mr; r++)
+                    apack[j * UK_MR + r] = src[r];
+            }
+            UK_CAT(uk_nn_, UK_ISA)(mr, N, kc, apack, 1, UK_MR, B + (ptrdiff_t)k0 * ldb, ldb, 0,
+                                   NULL, C + (ptrdiff_t)i0 * ldc, ldc, ac);
+        }
+    }
+}
+
 static __attribute__((target(UK_TARGET))) void
 UK_CAT(fs__gemm_nn_, UK_ISA)(int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
                              const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc)
 {
-    UK_CAT(uk_nn_, UK_ISA)(M, N, K, A, sai, saj, B, ldb, 0, NULL, C, ldc, acc);
+    if (sai == 1 && saj > 4 * UK_MR)
+        UK_CAT(uk_nn_packed_, UK_ISA)(M, N, K, A, saj, B, ldb, C, ldc, acc);
+    else
+        UK_CAT(uk_nn_, UK_ISA)(M, N, K, A, sai, saj, B, ldb, 0, NULL, C, ldc, acc);
 }
 
 /* The same with row j of B at B + boff[j] (implicit im2col: rows are shifted input planes). */
@@ -187,19 +215,28 @@ UK_CAT(uk_dot_tile_, UK_ISA)(const int dr, const int dk, int L, const float *P, 
 
 static inline __attribute__((always_inline, target(UK_TARGET))) void
 UK_CAT(uk_dot_, UK_ISA)(int M, int Kc, int L, const float *P, ptrdiff_t ldp, const float *Q,
-                        ptrdiff_t ldq, const int tab, const ptrdiff_t *qoff, float *D, ptrdiff_t ldd)
+                        ptrdiff_t ldq, const int tab, const ptrdiff_t *qoff, float *D,
+                        ptrdiff_t ldd)
 {
-    for (int i0 = 0; i0 < M; i0 += UK_DR) {
-        int dr = M - i0 < UK_DR ? M - i0 : UK_DR;
-        for (int k0 = 0; k0 < Kc; k0 += UK_DK) {
-            int dk = Kc - k0 < UK_DK ? Kc - k0 : UK_DK;
-            const float *p = P + (ptrdiff_t)i0 * ldp, *q = tab ? Q : Q + (ptrdiff_t)k0 * ldq;
-            const ptrdiff_t *qo = tab ? qoff + k0 : NULL;
-            float *d = D + (ptrdiff_t)i0 * ldd + k0;
-            if (dr == UK_DR && dk == UK_DK)
-                UK_CAT(uk_dot_tile_, UK_ISA)(UK_DR, UK_DK, L, p, ldp, q, ldq, tab, qo, d, ldd);
-            else /* edges: the same code without constant sizes */
-                UK_CAT(uk_dot_tile_, UK_ISA)(dr, dk, L, p, ldp, q, ldq, tab, qo, d, ldd);
+    /* Blocks of Q rows small enough (~256 KiB) to stay in L2 while every P tile passes. */
+    int kb = (65536 / (L > 0 ? L : 1)) / UK_DK * UK_DK;
+    if (kb < UK_DK)
+        kb = UK_DK;
+    for (int kb0 = 0; kb0 < Kc; kb0 += kb) {
+        const int kend = Kc - kb0 < kb ? Kc : kb0 + kb;
+        for (int i0 = 0; i0 < M; i0 += UK_DR) {
+            int dr = M - i0 < UK_DR ? M - i0 : UK_DR;
+            for (int k0 = kb0; k0 < kend; k0 += UK_DK) {
+                int dk = kend - k0 < UK_DK ? kend - k0 : UK_DK;
+                const float *p = P + (ptrdiff_t)i0 * ldp;
+                const float *q = tab ? Q : Q + (ptrdiff_t)k0 * ldq;
+                const ptrdiff_t *qo = tab ? qoff + k0 : NULL;
+                float *d = D + (ptrdiff_t)i0 * ldd + k0;
+                if (dr == UK_DR && dk == UK_DK)
+                    UK_CAT(uk_dot_tile_, UK_ISA)(UK_DR, UK_DK, L, p, ldp, q, ldq, tab, qo, d, ldd);
+                else /* edges: the same code without constant sizes */
+                    UK_CAT(uk_dot_tile_, UK_ISA)(dr, dk, L, p, ldp, q, ldq, tab, qo, d, ldd);
+            }
         }
     }
 }
@@ -229,3 +266,4 @@ UK_CAT(fs__gemm_dot_tab_, UK_ISA)(int M, int Kc, int L, const float *P, ptrdiff_
 #undef UK_MR
 #undef UK_DR
 #undef UK_DK
+#undef UK_PK

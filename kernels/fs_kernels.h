@@ -36,8 +36,9 @@ void fs_blas_select_core(char **argv);
  * CPUs it does not know (here: Intel family 6 model 207 -> "Prescott", SSE3 kernels, 3-4x slower
  * GEMM). Returns the OPENBLAS_CORETYPE value that would select proper kernels for this CPU
  * ("SkylakeX" with AVX-512, "Haswell" with AVX2+FMA) when OpenBLAS runs a generic/SSE core and
- * OPENBLAS_CORETYPE is not set; NULL when nothing is to gain. A program may then set the variable
- * and re-execute itself (kernels/ does not). The convolutions do not depend on it. */
+ * OPENBLAS_CORETYPE is not set; NULL when nothing is to gain (fs_blas_select_core acts on the
+ * same situation by re-executing). The convolutions and, with the micro-kernels, the linear
+ * layers do not depend on it. */
 const char *fs_blas_coretype_hint(void);
 
 /* ---- convolution -------------------------------------------------------------------------- */
@@ -66,12 +67,19 @@ void fs_conv2d_forward(float *restrict out, const float *restrict in, const floa
 void fs_conv2d_backward(float *din, float *dw, float *dbias, const float *dout, const float *in,
                         const float *w, float *work, const fs_conv2d_shape *s);
 
-/* Implementation of the non-depthwise convolutions. AUTO (the default) picks the best the CPU
- * supports: own AVX-512 or AVX2+FMA micro-kernels (independent of the kernels OpenBLAS's
- * DYNAMIC_ARCH selects), else im2col + cblas_sgemm. Forcing one is for tests and benchmarks:
- * fs_conv2d_set_impl returns FS_EUNSUPPORTED if the CPU lacks it. Set it before computing
- * workspace sizes; like the thread setting it is process-wide. */
-enum { FS_CONV_IMPL_AUTO = 0, FS_CONV_IMPL_BLAS = 1, FS_CONV_IMPL_AVX2 = 2, FS_CONV_IMPL_AVX512 = 3 };
+/* Implementation of the non-depthwise convolutions and of the linear layers (one setting).
+ * AUTO (the default) picks the best the CPU supports: own AVX-512 or AVX2+FMA micro-kernels
+ * (independent of the kernels OpenBLAS's DYNAMIC_ARCH selects), else cblas_sgemm (with im2col
+ * for convolutions); for the linear layers AUTO keeps cblas_sgemm unless OpenBLAS fell back to a
+ * generic core (fs_blas_coretype_hint). Forcing one is for tests and benchmarks: fs_conv2d_set_impl returns
+ * FS_EUNSUPPORTED if the CPU lacks it. Set it before computing workspace sizes; like the thread
+ * setting it is process-wide. */
+enum {
+    FS_CONV_IMPL_AUTO = 0,
+    FS_CONV_IMPL_BLAS = 1,
+    FS_CONV_IMPL_AVX2 = 2,
+    FS_CONV_IMPL_AVX512 = 3,
+};
 int fs_conv2d_set_impl(int impl);
 int fs_conv2d_get_impl(void);               /* the one in use (never AUTO) */
 const char *fs_conv2d_impl_name(int impl);

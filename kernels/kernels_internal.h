@@ -22,6 +22,10 @@ static inline void fs__chunk(size_t n, int parts, int k, size_t *lo, size_t *hi)
     *hi = *lo + q + (kk < r ? 1 : 0);
 }
 
+/* Implementation for the linear layers: the convolution setting, except that AUTO keeps OpenBLAS
+ * unless it runs a generic core (fs_blas_coretype_hint). */
+int fs__linear_impl(void);
+
 /* Micro-kernels of conv_simd.c (impl: FS_CONV_IMPL_AVX2 or _AVX512). See conv_ukernel.h. */
 void fs__ugemm_nn(int impl, int M, int N, int K, const float *A, ptrdiff_t sai, ptrdiff_t saj,
                   const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc);

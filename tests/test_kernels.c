@@ -145,7 +145,8 @@ static float *fx(const char *name, int ndim, const int *dims, size_t *count)
     return p;
 }
 
-#define FX(name, ...) fx(name, (int)(sizeof((int[]){__VA_ARGS__}) / sizeof(int)), (int[]){__VA_ARGS__}, NULL)
+#define FX(name, ...)                                                                          \
+    fx(name, (int)(sizeof((int[]){__VA_ARGS__}) / sizeof(int)), (int[]){__VA_ARGS__}, NULL)
 
 /* Central finite differences of loss() with respect to param[i] for a sample of indices, against
  * the analytic gradient grad[i]. loss() returns sum(out * g) in double. */
@@ -699,6 +700,65 @@ static void linear_forward_and_backward(void **state)
     fs_free(x), fs_free(w), fs_free(b), fs_free(want), fs_free(c.g);
 }
 
+/* Every implementation (BLAS; AVX2/AVX-512 micro-kernels) and thread count against a naive
+ * double-precision reference, for shapes with and without tile tails. */
+static void linear_implementations_match_reference(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{37, 100, 45}, {64, 784, 33}, {5, 20, 3}, {130, 64, 10}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const int N = shapes[k][0], IN = shapes[k][1], OUT = shapes[k][2];
+        const size_t nx = (size_t)N * IN, nw = (size_t)OUT * IN, ny = (size_t)N * OUT;
+        fs_rng r;
+        fs_rng_seed(&r, 900 + k);
+        float *x = rand_normal(&r, nx, 1.0f), *w = rand_normal(&r, nw, 0.2f);
+        float *b = rand_normal(&r, (size_t)OUT, 1.0f), *dy = rand_normal(&r, ny, 1.0f);
+        float *ry = falloc(ny), *rdx = falloc(nx), *rdw = falloc(nw);
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < OUT; o++)
+                ry[(size_t)n * OUT + o] =
+                    (float)(b[o] + dot(x + (size_t)n * IN, w + (size_t)o * IN, (size_t)IN));
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < IN; j++) {
+                double a = 0.25; /* the gradient buffers start at 0.25: backward adds */
+                for (int o = 0; o < OUT; o++)
+                    a += (double)dy[(size_t)n * OUT + o] * w[(size_t)o * IN + j];
+                rdx[(size_t)n * IN + j] = (float)a;
+            }
+        for (int o = 0; o < OUT; o++)
+            for (int j = 0; j < IN; j++) {
+                double a = 0.25;
+                for (int n = 0; n < N; n++)
+                    a += (double)dy[(size_t)n * OUT + o] * x[(size_t)n * IN + j];
+                rdw[(size_t)o * IN + j] = (float)a;
+            }
+        float *y = falloc(ny), *dx = falloc(nx), *dw = falloc(nw);
+        for (int impl = FS_CONV_IMPL_BLAS; impl <= FS_CONV_IMPL_AVX512; impl++) {
+            if (fs_conv2d_set_impl(impl) != 0)
+                continue;
+            for (int T = 1; T <= 2; T++) {
+                fs_threads_configure(T);
+                fill(y, ny, NAN); /* written, not accumulated */
+                fill(dx, nx, 0.25f), fill(dw, nw, 0.25f);
+                fs_linear_forward(y, x, w, b, N, IN, OUT);
+                fs_linear_backward(dx, dw, NULL, dy, x, w, N, IN, OUT);
+                char nm[128];
+                const char *in = fs_conv2d_impl_name(impl);
+                snprintf(nm, sizeof nm, "linear %dx%dx%d y (%s, T=%d)", N, IN, OUT, in, T);
+                expect_close(nm, y, ry, ny, 1e-4, 1e-4);
+                snprintf(nm, sizeof nm, "linear %dx%dx%d dx (%s, T=%d)", N, IN, OUT, in, T);
+                expect_close(nm, dx, rdx, nx, 1e-4, 1e-4);
+                snprintf(nm, sizeof nm, "linear %dx%dx%d dw (%s, T=%d)", N, IN, OUT, in, T);
+                expect_close(nm, dw, rdw, nw, 2e-4, 1e-4);
+            }
+        }
+        fs_free(x), fs_free(w), fs_free(b), fs_free(dy), fs_free(ry), fs_free(rdx);
+        fs_free(rdw), fs_free(y), fs_free(dx), fs_free(dw);
+    }
+    fs_conv2d_set_impl(FS_CONV_IMPL_AUTO);
+    fs_threads_configure(2);
+}
+
 /* ---- losses ------------------------------------------------------------------------------- */
 
 static void losses_match_torch(void **state)
@@ -863,6 +923,7 @@ int main(void)
         cmocka_unit_test(pool_matches_torch),
         cmocka_unit_test(pool_backward_finite_differences),
         cmocka_unit_test(linear_forward_and_backward),
+        cmocka_unit_test(linear_implementations_match_reference),
         cmocka_unit_test(losses_match_torch),
         cmocka_unit_test(losses_finite_differences),
         cmocka_unit_test(sgd_nesterov_matches_torch),

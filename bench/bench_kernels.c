@@ -9,6 +9,8 @@
  * at 1 and 2 threads. Prints one JSON object per line:
  *   {"name": ..., "value": ..., "unit": ..., "reference": ..., "ratio": ...}
  * "conv_gemm_efficiency_t<T>" = (conv FLOPs / our time) / (same FLOPs / sgemm time).
+ * Also: batch norm (train forward + backward, ms) and fs_linear_* on the MLP's 128x784x512 layer
+ * against cblas_sgemm ("linear_*").
  *
  * Usage: bench_kernels [reps (default 5)] [threads list, default "1,2"] [layer name filter]
  *                      [conv implementation: auto | blas | avx2 | avx512]
@@ -240,14 +242,59 @@ int main(int argc, char **argv)
             emit(name, 1e3 * median(tb, reps), "ms", 0);
             fs_free(x), fs_free(y), fs_free(dy), fs_free(dx);
         }
+        if (!filter || strstr("linear", filter)) {
+            /* The MLP's first layer at batch 128: fs_linear_* against cblas_sgemm. */
+            const int N = 128, IN = 784, OUT = 512;
+            float *x = xalloc((size_t)N * IN), *w = xalloc((size_t)OUT * IN);
+            float *y = xalloc((size_t)N * OUT), *dy = xalloc((size_t)N * OUT);
+            float *dx = xalloc((size_t)N * IN), *dw = xalloc((size_t)OUT * IN);
+            randn(x, (size_t)N * IN, &r), randn(w, (size_t)OUT * IN, &r);
+            randn(dy, (size_t)N * OUT, &r);
+            static const char *what[3] = {"fwd", "bwd_data", "bwd_weight"};
+            double t[2][3][64];
+            for (int rep = 0; rep <= reps; rep++)
+                for (int d = 0; d < 3; d++)
+                    for (int ours = 0; ours < 2; ours++) {
+                        double t0 = now();
+                        if (ours && d == 0)
+                            fs_linear_forward(y, x, w, NULL, N, IN, OUT);
+                        else if (ours && d == 1)
+                            fs_linear_backward(dx, NULL, NULL, dy, x, w, N, IN, OUT);
+                        else if (ours)
+                            fs_linear_backward(NULL, dw, NULL, dy, x, w, N, IN, OUT);
+                        else if (d == 0)
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OUT, IN, 1.0f,
+                                        x, IN, w, IN, 0.0f, y, OUT);
+                        else if (d == 1)
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IN, OUT,
+                                        1.0f, dy, OUT, w, IN, 1.0f, dx, IN);
+                        else
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OUT, IN, N, 1.0f,
+                                        dy, OUT, x, IN, 1.0f, dw, IN);
+                        if (rep > 0) /* the first round warms up */
+                            t[ours][d][rep - 1] = now() - t0;
+                    }
+            const double flops = 2.0 * N * IN * OUT;
+            for (int d = 0; d < 3; d++) {
+                char name[128];
+                snprintf(name, sizeof name, "linear_128x784x512_%s_t%d", what[d], T);
+                emit(name, flops / median(t[1][d], reps) * 1e-9, "GFLOP/s",
+                     flops / median(t[0][d], reps) * 1e-9);
+            }
+            fs_free(x), fs_free(w), fs_free(y), fs_free(dy), fs_free(dx), fs_free(dw);
+        }
         double F = 0, TO = 0, TS = 0;
         for (int d = 0; d < NDIR; d++) {
+            if (flops_dir[d] <= 0)
+                continue; /* filtered out */
             char name[128];
             snprintf(name, sizeof name, "conv_total_%s_t%d", DIR_NAME[d], T);
             emit(name, flops_dir[d] / ours_dir[d] * 1e-9, "GFLOP/s",
                  flops_dir[d] / ref_dir[d] * 1e-9);
             F += flops_dir[d], TO += ours_dir[d], TS += ref_dir[d];
         }
+        if (F <= 0)
+            continue;
         char name[128];
         snprintf(name, sizeof name, "conv_total_t%d", T);
         emit(name, F / TO * 1e-9, "GFLOP/s", F / TS * 1e-9);

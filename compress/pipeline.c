@@ -217,8 +217,9 @@ static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, 
     fs_lowrank_config lc = c->lowrank;
     pc.latency_batch = lc.latency_batch = c->practise.latency_batch;
     pc.latency_reps = lc.latency_reps = c->practise.latency_reps;
-    if (c->recover == FS_RECOVER_MIMIC)
-        pc.keep_output = 1;     /* mimicking compares pre-GAP features with the teacher's */
+    if (c->recover != FS_RECOVER_KD && c->recover != FS_RECOVER_CE)
+        pc.keep_output = 1;     /* the mimic objective compares pre-GAP features with the
+                                   teacher's (recovered with it, or reported for none/bn) */
     int rc = measure_teacher(c, teacher, src, out, d);
     if (rc)
         return rc;

@@ -526,6 +526,20 @@ static void full_rank_reproduces_the_layers(void **state)
     ranks[0] = 9;
     assert_int_equal(fs_lowrank_apply(&s, f->basic, names, ranks, 1, &d), FS_EINVAL);
     assert_non_null(strstr(d.msg, "1..8"));
+    /* an MLP's linears */
+    fs_arch a;
+    int hidden[1] = {32};
+    fs_model *mlp = NULL, *ms = NULL;
+    assert_int_equal(fs_arch_mlp(&a, 1, hidden, 1, 28, 28, 10, &d), 0);
+    assert_int_equal(fs_model_build(&mlp, &a, NULL, 0, &d), 0);
+    fs_model_init(mlp, 5);
+    const char *mn[2] = {"fc1", "fc2"};
+    int mr[2] = {32, 10};
+    assert_int_equal(fs_lowrank_apply(&ms, mlp, mn, mr, 2, &d), 0);
+    e = max_diff(f, mlp, ms, &scale);
+    assert_true(e <= 1e-4 * fmax(1.0, scale));
+    fs_model_free(ms);
+    fs_model_free(mlp);
     const char *bad[1] = {"layer1.0.bn1"};
     assert_int_equal(fs_lowrank_apply(&s, f->basic, bad, ranks, 1, &d), FS_EINVAL);
     assert_non_null(strstr(d.msg, "layer1.0.bn1"));

@@ -105,6 +105,20 @@ static const char *clean(char *dst, size_t cap, const char *src) {
     return dst;
 }
 
+/* Appends formatted text to the NUL-terminated buf (cut at cap). */
+static void append(char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void append(char *buf, size_t cap, const char *fmt, ...) {
+    size_t n = strlen(buf);
+    if (n + 1 >= cap) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + n, cap - n, fmt, ap);
+    va_end(ap);
+}
+
 /* Display width of UTF-8 text: code points (good enough for names and numbers). */
 static size_t text_width(const char *s) {
     size_t w = 0;
@@ -333,17 +347,25 @@ static bool get_str(const json_t *o, const char *k, const char **out, bool nulla
     return false;
 }
 
+/* Integers; a real with an integral value (120.0) is accepted too. */
 static bool get_int(const json_t *o, const char *k, long long *out, bool nullable, bool *present) {
     json_t *v = json_object_get(o, k);
-    if (present) {
-        *present = json_is_integer(v);
-    }
+    bool ok = false;
+    *out = 0;
     if (json_is_integer(v)) {
         *out = (long long)json_integer_value(v);
-        return true;
+        ok = true;
+    } else if (json_is_real(v)) {
+        double x = json_real_value(v);
+        if (x > -9e15 && x < 9e15 && x == (double)(long long)x) {
+            *out = (long long)x;
+            ok = true;
+        }
     }
-    *out = 0;
-    return nullable && (!v || json_is_null(v));
+    if (present) {
+        *present = ok;
+    }
+    return ok || (nullable && (!v || json_is_null(v)));
 }
 
 static bool get_num(const json_t *o, const char *k, double *out, bool *present) {
@@ -470,15 +492,17 @@ static void format_ago(double s, char *out, size_t cap) {
     }
 }
 
-static void format_time(long long t, bool present, char *out, size_t cap) {
+/* A Unix time in seconds (integer or not) as local time. */
+static void format_time(double t, bool present, char *out, size_t cap) {
     if (!present) {
         snprintf(out, cap, "-");
         return;
     }
-    time_t tt = (time_t)t;
     struct tm tm;
-    if (!localtime_r(&tt, &tm) || strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm) == 0) {
-        snprintf(out, cap, "%lld", t);
+    time_t tt = (time_t)t;
+    if (!(t > -1e12 && t < 1e12) || !localtime_r(&tt, &tm) ||
+        strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm) == 0) {
+        snprintf(out, cap, "%.0f", t);
     }
 }
 
@@ -638,19 +662,17 @@ static int cmd_jobs(conn *c) {
         const char *phase;
         long long round;
         long long rounds;
-        long long sub;
-        long long st;
-        long long fin;
+        double sub;
+        double st;
+        double fin;
         bool sub_p;
         bool st_p;
         bool fin_p;
         if (!json_is_object(j) || !get_str(j, "id", &id, false) ||
             !get_str(j, "name", &name, true) || !get_str(j, "state", &state, false) ||
             !get_str(j, "phase", &phase, true) || !get_int(j, "round", &round, true, NULL) ||
-            !get_int(j, "rounds", &rounds, true, NULL) ||
-            !get_int(j, "submitted", &sub, true, &sub_p) ||
-            !get_int(j, "started", &st, true, &st_p) ||
-            !get_int(j, "finished", &fin, true, &fin_p)) {
+            !get_int(j, "rounds", &rounds, true, NULL) || !get_num(j, "submitted", &sub, &sub_p) ||
+            !get_num(j, "started", &st, &st_p) || !get_num(j, "finished", &fin, &fin_p)) {
             rc = malformed(c, "a job entry has missing or mistyped fields");
             break;
         }
@@ -778,13 +800,17 @@ static int print_status(const conn *c, const job_view *v) {
             clean(row[1], CELL, st);
             snprintf(row[2], CELL, "%lld", samples);
             if (lp || lr_p) {
-                int off = snprintf(row[3], CELL, "left");
+                append(row[3], CELL, "%s", strcmp(st, "left") ? "at" : "left in");
                 if (lp) {
-                    off += snprintf(row[3] + off, CELL - (size_t)off, " in %s", clean(b, 60, lp));
+                    append(row[3], CELL, " %s", clean(b, 60, lp));
                 }
                 if (lr_p) {
-                    snprintf(row[3] + off, CELL - (size_t)off, " round %lld", lr);
+                    append(row[3], CELL, " round %lld", lr);
                 }
+            }
+            const char *reason = json_string_value(json_object_get(ag, "reason"));
+            if (reason) {
+                append(row[3], CELL, "%s%s", row[3][0] ? ": " : "", clean(b, 100, reason));
             }
         }
         if (t.rows > 0) {

@@ -74,13 +74,14 @@ static json_t *file_entry(const char *name, const void *p, size_t n) {
 static json_t *status_of(const char *id, const char *state, int round, int rounds,
                          const char *error) {
     return json_pack("{s:b, s:{s:s, s:s, s:s, s:s, s:i, s:i, s:f, s:f, s:i, s:i, s:[{s:s, s:s, "
-                     "s:n, s:n, s:i}, {s:s, s:s, s:s, s:i, s:i}], s:s?, s:[s, s]}}",
+                     "s:n, s:n, s:i}, {s:s, s:s, s:s, s:i, s:i, s:s}], s:s?, s:[s, s]}}",
                      "ok", 1, "job", "id", id, "name", "resnet-edge", "state", state, "phase",
                      "recover", "round", round, "rounds", rounds, "loss", 0.0123, "eta_s", 80.0,
                      "agents_reporting", 2, "agents_total", 3, "agents", "name", "site-a", "state",
                      "active", "left_phase", "left_round", "samples", 1200, "name", "site-b",
                      "state", "left", "left_phase", "recover", "left_round", 80, "samples", 300,
-                     "error", error, "files", "model.safetensors", "report.json");
+                     "reason", "timed out", "error", error, "files", "model.safetensors",
+                     "report.json");
 }
 
 static json_t *handler(void *ud, const json_t *req) {
@@ -111,13 +112,14 @@ static json_t *handler(void *ud, const json_t *req) {
         return json_pack("{s:b, s:s}", "ok", 1, "job", "7f3a");
     }
     if (!strcmp(cmd, "jobs")) {
-        return json_pack("{s:b, s:[{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:n}, {s:s, s:s, "
+        /* times as reals and a round as an integral real: any JSON number is accepted */
+        return json_pack("{s:b, s:[{s:s, s:s, s:s, s:s, s:f, s:i, s:f, s:f, s:n}, {s:s, s:s, "
                          "s:s, s:n, s:i, s:i, s:i, s:n, s:n}]}",
                          "ok", 1, "jobs", "id", "7f3a", "name", "resnet-edge", "state", "running",
-                         "phase", "recover", "round", 120, "rounds", 300, "submitted", 1790000000,
-                         "started", 1790000060, "finished", "id", "81bc", "name", "mlp-small",
-                         "state", "queued", "phase", "round", 0, "rounds", 50, "submitted",
-                         1790000100, "started", "finished");
+                         "phase", "recover", "round", 120.0, "rounds", 300, "submitted",
+                         1790000000.25, "started", 1790000060.5, "finished", "id", "81bc", "name",
+                         "mlp-small", "state", "queued", "phase", "round", 0, "rounds", 50,
+                         "submitted", 1790000100, "started", "finished");
     }
     if (!strcmp(cmd, "status")) {
         if (!job) {
@@ -516,6 +518,7 @@ static void jobs_table(void **state) {
     expect(&r, 0, "ID", NULL);
     expect(&r, 0, "7f3a", NULL);
     expect(&r, 0, "120/300", NULL);
+    expect(&r, 0, "2026-09-2", NULL); /* Unix times shown as dates (1790000000: 2026-09-21) */
     expect(&r, 0, "queued", NULL);
     expect(&r, 0, "mlp-small", NULL);
     const char *l2 = strchr(r.out, '\n') + 1;
@@ -588,7 +591,7 @@ static void status_block(void **state) {
     expect(&r, 0, "0.0123", NULL);
     expect(&r, 0, "0:01:20", NULL);
     expect(&r, 0, "2/3 reporting", NULL);
-    expect(&r, 0, "left in recover round 80", NULL);
+    expect(&r, 0, "left in recover round 80: timed out", NULL);
     expect(&r, 0, "model.safetensors", NULL);
     RUN(&r, "--json", "status", "7f3a");
     json_t *j = parse_out(&r);

@@ -36,8 +36,15 @@ static void quiet(int level, const char *file, int line, const char *func, const
     (void)level, (void)file, (void)line, (void)func, (void)msg, (void)kv, (void)ud;
 }
 
+static char dir[] = "/tmp/fs-fuzz-control-XXXXXX";
+
+static void cleanup(void) {
+    fs_control_close(g_ctl); /* unlinks the socket */
+    g_ctl = NULL;
+    rmdir(dir);
+}
+
 static void init(void) {
-    static char dir[] = "/tmp/fs-fuzz-control-XXXXXX";
     char path[128];
     fs_diag d = {0};
     fs_log_set_sink(quiet, NULL);
@@ -49,6 +56,7 @@ static void init(void) {
         fprintf(stderr, "fuzz_control: %s\n", d.msg);
         abort();
     }
+    atexit(cleanup);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

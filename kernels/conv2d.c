@@ -148,8 +148,7 @@ size_t fs_conv2d_workspace(const fs_conv2d_shape *s)
 {
     if (is_depthwise(s))
         return 0;
-    if (fs_conv2d_get_impl() != FS_CONV_IMPL_BLAS)
-    {
+    if (fs_conv2d_get_impl() != FS_CONV_IMPL_BLAS) {
         size_t simd = (size_t)simd_threads(s) * simd_thread_floats(s);
         if (!implicit_ok(s))
             return simd;
@@ -454,6 +453,8 @@ static void simd_backward(int impl, float *din, float *dw, const float *dout, co
     }
 #pragma omp parallel num_threads(nt)
     {
+        /* The runtime may give fewer threads than asked (nested regions): use the real team. */
+        const int team = omp_get_num_threads();
         float *col = work + (size_t)omp_get_thread_num() * per;
         float *dpad = col + colf, *mydw = dw ? dpad + dpadf : NULL;
         if (mydw)
@@ -468,7 +469,7 @@ static void simd_backward(int impl, float *din, float *dw, const float *dout, co
 #pragma omp for schedule(static)
             for (size_t i = 0; i < wn; i++) {
                 float a = dw[i];
-                for (int t = 0; t < nt; t++)
+                for (int t = 0; t < team; t++)
                     a += work[(size_t)t * per + colf + dpadf + i];
                 dw[i] = a;
             }
@@ -748,10 +749,11 @@ static void implicit_run(int impl, int backward, float *out, float *din, float *
         nt = nchunks;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        const int tid = omp_get_thread_num();
+        /* The runtime may give fewer threads than asked (nested regions): use the real team. */
+        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
         float *buf = bufs + (size_t)tid * g.per;
-        float *mydw = !dw ? NULL : nt > 1 ? buf + g.xp + g.dp + g.tmp : dw;
-        if (mydw && nt > 1)
+        float *mydw = !dw ? NULL : team > 1 ? buf + g.xp + g.dp + g.tmp : dw;
+        if (mydw && team > 1)
             memset(mydw, 0, sizeof(float) * wn);
 #pragma omp for schedule(static)
         for (int c = 0; c < nchunks; c++) {
@@ -762,12 +764,12 @@ static void implicit_run(int impl, int backward, float *out, float *din, float *
             else
                 implicit_forward_chunk(impl, out, in, w, buf, tabx, n0, cnt, s, &g);
         }
-        if (dw && nt > 1) {
+        if (dw && team > 1) {
             /* Partials added in thread order: element i belongs to one thread. */
 #pragma omp for schedule(static)
             for (size_t i = 0; i < wn; i++) {
                 float a = dw[i];
-                for (int t = 0; t < nt; t++)
+                for (int t = 0; t < team; t++)
                     a += bufs[(size_t)t * g.per + g.xp + g.dp + g.tmp + i];
                 dw[i] = a;
             }
@@ -960,6 +962,7 @@ void fs_conv2d_backward(float *din, float *dw, float *dbias, const float *dout, 
     if (it > 1) {
 #pragma omp parallel num_threads(it)
         {
+            const int team = omp_get_num_threads(); /* may be fewer than asked */
             float *mycol = work + (size_t)omp_get_thread_num() * (col + wp);
             float *mydw = dw ? mycol + col : NULL;
             if (mydw)
@@ -973,7 +976,7 @@ void fs_conv2d_backward(float *din, float *dw, float *dbias, const float *dout, 
 #pragma omp for schedule(static)
                 for (size_t i = 0; i < wn; i++) {
                     float a = dw[i];
-                    for (int t = 0; t < it; t++)
+                    for (int t = 0; t < team; t++)
                         a += work[(size_t)t * (col + wp) + col + i];
                     dw[i] = a;
                 }

@@ -11,6 +11,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,15 @@ static float *falloc(size_t n)
 {
     float *p = fs_alloc(sizeof(float) * (n ? n : 1));
     assert_non_null(p);
+    return p;
+}
+
+/* Scratch memory for the kernels, filled with NaN: they must not rely on its contents. */
+static float *work_alloc(size_t n)
+{
+    float *p = falloc(n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = NAN;
     return p;
 }
 
@@ -259,7 +269,7 @@ static void conv_forward_matches_torch(void **state)
             snprintf(nm, sizeof nm, "%s_y", c->name);
             float *want = FX(nm, c->N, c->OC, s.OH, s.OW);
             size_t ny = (size_t)c->N * c->OC * s.OH * s.OW;
-            float *y = falloc(ny), *work = falloc(fs_conv2d_workspace(&s));
+            float *y = falloc(ny), *work = work_alloc(fs_conv2d_workspace(&s));
             fill(y, ny, NAN); /* written, not accumulated */
             fs_conv2d_forward(y, x, w, b, work, &s);
             snprintf(nm, sizeof nm, "%s (%s, mode %d)", c->name, fs_conv2d_impl_name(impl), mode);
@@ -298,7 +308,7 @@ static void conv_backward_one(const fs_conv2d_shape *shape, int with_bias, uint6
     c.b = with_bias ? rand_normal(&r, (size_t)s->OC, 1.0f) : NULL;
     c.g = rand_normal(&r, c.nout, 1.0f);
     c.out = falloc(c.nout);
-    c.work = falloc(fs_conv2d_workspace(s));
+    c.work = work_alloc(fs_conv2d_workspace(s));
     /* Backward ADDS: start from non-zero buffers and subtract the start afterwards. */
     float *dx = falloc(nx), *dw = falloc(nw), *db = falloc((size_t)s->OC);
     fill(dx, nx, 0.5f), fill(dw, nw, -0.25f), fill(db, (size_t)s->OC, 1.0f);
@@ -388,7 +398,7 @@ static void conv_implementations_agree(void **state)
                 continue;
             for (int mode = MODE_1T; mode <= MODE_2T_IMAGES; mode++) {
                 set_mode(mode);
-                float *work = falloc(fs_conv2d_workspace(&s));
+                float *work = work_alloc(fs_conv2d_workspace(&s));
                 float *y = falloc(ny), *dx = falloc(nx), *dw = falloc(nw), *db = falloc(64);
                 fs_conv2d_forward(y, x, w, b, work, &s);
                 fs_conv2d_backward(dx, dw, b ? db : NULL, g, x, w, work, &s);
@@ -418,6 +428,47 @@ static void conv_implementations_agree(void **state)
     fs_threads_configure(2);
 }
 
+/* Called from inside a caller's parallel region (nested regions get a team of one): every
+ * implementation still gives the right gradients, with one work buffer per caller thread. */
+static void conv_inside_parallel_region(void **state)
+{
+    (void)state;
+    fs_conv2d_shape s = {.N = 6, .C = 8, .H = 9, .W = 9, .OC = 8, .KH = 3, .KW = 3, .stride = 1,
+                         .pad = 1, .groups = 1};
+    assert_int_equal(fs_conv2d_shape_init(&s), 0);
+    size_t nx = (size_t)s.N * s.C * s.H * s.W, nw = (size_t)s.OC * s.C * 9;
+    size_t ny = (size_t)s.N * s.OC * s.OH * s.OW;
+    fs_rng r;
+    fs_rng_seed(&r, 77);
+    float *x = rand_normal(&r, nx, 1.0f), *w = rand_normal(&r, nw, 0.3f);
+    float *g = rand_normal(&r, ny, 1.0f);
+    for (int impl = FS_CONV_IMPL_BLAS; impl <= FS_CONV_IMPL_AVX512; impl++) {
+        if (fs_conv2d_set_impl(impl) != 0)
+            continue;
+        fs_threads_configure(2);
+        size_t nws = fs_conv2d_workspace(&s);
+        float *ref_dx = falloc(nx), *ref_dw = falloc(nw), *work0 = work_alloc(nws);
+        fs_conv2d_backward(ref_dx, ref_dw, NULL, g, x, w, work0, &s);
+        float *dx[2] = {falloc(nx), falloc(nx)}, *dw[2] = {falloc(nw), falloc(nw)};
+        float *work[2] = {falloc(nws), falloc(nws)};
+        fill(work[0], nws, NAN), fill(work[1], nws, NAN); /* scratch holds no promises */
+#pragma omp parallel num_threads(2)
+        {
+            int t = omp_get_thread_num();
+            if (t < 2)
+                fs_conv2d_backward(dx[t], dw[t], NULL, g, x, w, work[t], &s);
+        }
+        for (int t = 0; t < 2; t++) {
+            expect_close("nested dx", dx[t], ref_dx, nx, 1e-4, 1e-4);
+            expect_close("nested dw", dw[t], ref_dw, nw, 1e-3, 1e-4);
+            fs_free(dx[t]), fs_free(dw[t]), fs_free(work[t]);
+        }
+        fs_free(ref_dx), fs_free(ref_dw), fs_free(work0);
+    }
+    fs_conv2d_set_impl(FS_CONV_IMPL_AUTO);
+    fs_free(x), fs_free(w), fs_free(g);
+}
+
 static void conv_reproducible_with_two_threads(void **state)
 {
     (void)state;
@@ -433,7 +484,7 @@ static void conv_reproducible_with_two_threads(void **state)
         fs_rng_seed(&r, 7);
         float *x = rand_normal(&r, nx, 1.0f), *w = rand_normal(&r, nw, 0.3f);
         float *b = rand_normal(&r, 16, 1.0f), *g = rand_normal(&r, ny, 1.0f);
-        float *work = falloc(fs_conv2d_workspace(&s));
+        float *work = work_alloc(fs_conv2d_workspace(&s));
         float *y[2], *dx[2], *dw[2], *db[2];
         for (int run = 0; run < 2; run++) {
             y[run] = falloc(ny), dx[run] = falloc(nx), dw[run] = falloc(nw), db[run] = falloc(16);
@@ -915,6 +966,7 @@ int main(void)
         cmocka_unit_test(conv_forward_matches_torch),
         cmocka_unit_test(conv_backward_finite_differences),
         cmocka_unit_test(conv_implementations_agree),
+        cmocka_unit_test(conv_inside_parallel_region),
         cmocka_unit_test(conv_reproducible_with_two_threads),
         cmocka_unit_test(bn_matches_torch),
         cmocka_unit_test(bn_backward_finite_differences),

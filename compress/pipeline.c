@@ -217,9 +217,13 @@ static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, 
     fs_lowrank_config lc = c->lowrank;
     pc.latency_batch = lc.latency_batch = c->practise.latency_batch;
     pc.latency_reps = lc.latency_reps = c->practise.latency_reps;
-    if (c->recover != FS_RECOVER_KD && c->recover != FS_RECOVER_CE)
-        pc.keep_output = 1;     /* the mimic objective compares pre-GAP features with the
-                                   teacher's (recovered with it, or reported for none/bn) */
+    if (c->recover != FS_RECOVER_KD && c->recover != FS_RECOVER_CE) {
+        /* the mimic objective compares pre-GAP features with the teacher's (recovered with it,
+         * or reported for none/bn): they keep their shape, and the fc, which it cannot train,
+         * stays exact */
+        pc.keep_output = 1;
+        lc.linear = 0;
+    }
     int rc = measure_teacher(c, teacher, src, out, d);
     if (rc)
         return rc;

@@ -21,9 +21,11 @@ static const char USAGE[] =
     "       [--per-class] [--seed S] [--methods drop-blocks] [--recover mimic|kd|ce|bn|none]\n"
     "       [--target latency=0.75] [--family 0.9,0.8,0.7] [--eval SPEC] [--report R.json]\n"
     "       [--iterations N (2000)] [--score-iterations N (300)] [--batch N (64)] [--lr X (0.02)]\n"
-    "       [--bn frozen|train] [--augment PAD (2)] [--threads N]\n"
+    "       [--bn frozen|train] [--augment PAD (2)] [--threads N] [--drop layer1.1,...]\n"
+    "       [--calibration minmax|percentile|mse (percentile)]   (int8)\n"
     "  --shots N        few-shot sample of N images in total (PRACTISE's rule), or N per class\n"
-    "                   with --per-class; 0 = every image of --data\n";
+    "                   with --per-class; 0 = every image of --data\n"
+    "  --drop BLOCKS    drop exactly these blocks (no scoring; one model)\n";
 
 typedef struct {
     int tty;
@@ -97,6 +99,8 @@ int cmd_compress(int argc, char **argv)
         {"lr", required_argument, 0, 'l'},       {"bn", required_argument, 0, 'B'},
         {"augment", required_argument, 0, 'A'},  {"threads", required_argument, 0, 't'},
         {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
+        {"drop", required_argument, 0, 'D'},
+        {"calibration", required_argument, 0, 'C'},
         {0, 0, 0, 0}};
     const char *model_s = NULL, *data_s = NULL, *eval_s = NULL, *out_s = NULL, *report_s = NULL,
                *family_s = NULL;
@@ -117,6 +121,10 @@ int cmd_compress(int argc, char **argv)
         case 'R': report_s = optarg; break;
         case 'f': family_s = optarg; break;
         case 'P': per_class = 1; break;
+        case 'D':
+            if (fs_pipeline_parse_drop(&pc, optarg, &d))
+                return fs_cli_fail(cmd, 2, "--%s", d.msg);
+            break;
         case 'M':
             if (fs_pipeline_parse_methods(&pc.methods, optarg, &d))
                 return fs_cli_fail(cmd, 2, "--%s", d.msg);
@@ -127,6 +135,10 @@ int cmd_compress(int argc, char **argv)
             break;
         case 'T':
             if (fs_pipeline_parse_target(&pc, optarg, &d))
+                return fs_cli_fail(cmd, 2, "--%s", d.msg);
+            break;
+        case 'C':
+            if (fs_calib_parse(&pc.quant.method, optarg, &d))
                 return fs_cli_fail(cmd, 2, "--%s", d.msg);
             break;
         case 'B':

@@ -12,6 +12,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_compress(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
+int cmd_split(int argc, char **argv);
 
 /* Prints "fedslim <cmd>: <msg>" on stderr and returns `status`. */
 int fs_cli_fail(const char *cmd, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -22,6 +22,7 @@ static int __attribute__((unused)) not_built(int argc, char **argv)
 }
 
 #ifndef FS_HAVE_CMD_TRAIN
+#define cmd_split not_built
 #define cmd_train not_built
 #define cmd_eval not_built
 #define cmd_inspect not_built
@@ -41,6 +42,7 @@ static const command COMMANDS[] = {
     {"import", cmd_import, "convert a PyTorch state_dict (safetensors) into a fedslim model"},
     {"compress", cmd_compress, "few-shot compression on one machine"},
     {"keygen", cmd_keygen, "make a CURVE key pair (NAME.key, NAME.pub)"},
+    {"split", cmd_split, "cut a dataset into non-IID per-site slices (IDX files)"},
 };
 
 int fs_cli_fail(const char *cmd, int status, const char *fmt, ...)

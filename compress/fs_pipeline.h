@@ -37,6 +37,9 @@ typedef struct {
     long sparsity_iterations;       /* > 0: sparsity training on BN scales before pruning */
     fs_sparsity_config sparsity;    /* default: proximal L1, lambda 1e-4 */
     fs_lowrank_config lowrank;
+    /* nm / int8 (all zero = their defaults: 2:4 without fc, percentile calibration) */
+    fs_nm_config nm;
+    fs_quant_config quant;
 } fs_pipeline_config;
 
 /* Defaults: drop-blocks, feature mimicking, latency 0.75, ALGORITHMS.md a.7 recovery. */
@@ -47,6 +50,8 @@ int fs_pipeline_parse_recover(fs_recover_kind *k, const char *s, fs_diag *d);
 int fs_pipeline_parse_target(fs_pipeline_config *c, const char *s, fs_diag *d);
 /* "0.9,0.8,0.7" -> targets (kind unchanged) */
 int fs_pipeline_parse_family(fs_pipeline_config *c, const char *s, fs_diag *d);
+/* "layer1.1,layer2.2" -> c->drop */
+int fs_pipeline_parse_drop(fs_pipeline_config *c, const char *s, fs_diag *d);
 const char *fs_recover_kind_name(fs_recover_kind k);
 const char *fs_target_kind_name(fs_target_kind k);
 
@@ -77,5 +82,12 @@ typedef struct {
 int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
                     fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d);
 void fs_pipeline_output_free(fs_pipeline_output *out);
+
+/* The post-training methods of c->methods (nm, then int8) applied to every result in `out`, or,
+ * when `out` has none (no structural method), to a copy of the teacher (one result, target 1):
+ * N:M masks + masked fine-tuning with c->recovery (unless --recover none/bn), then int8 PTQ;
+ * then the result's measurements. Called by fs_pipeline_run (compress/nm.c). */
+int fs_pipeline_posttrain(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
+                          fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d);
 
 #endif

@@ -132,12 +132,33 @@ int fs_pipeline_parse_family(fs_pipeline_config *c, const char *s, fs_diag *d)
     return 0;
 }
 
+int fs_pipeline_parse_drop(fs_pipeline_config *c, const char *s, fs_diag *d)
+{
+    c->n_drop = 0;
+    const char *p = s;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof c->drop[0])
+            return fs_diag_set(d, FS_EINVAL, "drop: '%s' is not a list of block names", s);
+        if (c->n_drop == FS_MAX_STAGES * FS_MAX_BLOCKS)
+            return fs_diag_set(d, FS_EINVAL, "drop: too many blocks");
+        snprintf(c->drop[c->n_drop++], sizeof c->drop[0], "%.*s", (int)len, p);
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
 static int measure(fs_model *m, const fs_practise_config *pc, double *b1, double *b64,
                    fs_diag *d)
 {
-    int rc = fs_latency(b1, m, 1, 3 * pc->latency_reps, d);
+    fs_latency_fn f = pc->latency;
+    int rc = f ? f(pc->latency_ud, b1, m, 1, 3 * pc->latency_reps, d)
+               : fs_latency(b1, m, 1, 3 * pc->latency_reps, d);
     if (rc == 0)
-        rc = fs_latency(b64, m, pc->latency_batch, pc->latency_reps, d);
+        rc = f ? f(pc->latency_ud, b64, m, pc->latency_batch, pc->latency_reps, d)
+               : fs_latency(b64, m, pc->latency_batch, pc->latency_reps, d);
     return rc;
 }
 
@@ -168,6 +189,7 @@ static int recover_student(const fs_pipeline_config *c, fs_model *student, fs_so
         return rc;
     if (c->recover != FS_RECOVER_BN) {
         fs_recover_config rc_cfg = c->recovery;
+        rc_cfg.hooks = c->practise.hooks;
         rc_cfg.objective = obj;
         rc_cfg.temperature = T;
         fs_model_set_trainable(student, 1);
@@ -215,6 +237,8 @@ static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, 
                                                              : FS_COST_LATENCY;
     fs_prune_config pc = c->prune;
     fs_lowrank_config lc = c->lowrank;
+    pc.latency = lc.latency = c->practise.latency;
+    pc.latency_ud = lc.latency_ud = c->practise.latency_ud;
     pc.latency_batch = lc.latency_batch = c->practise.latency_batch;
     pc.latency_reps = lc.latency_reps = c->practise.latency_reps;
     if (c->recover != FS_RECOVER_KD && c->recover != FS_RECOVER_CE) {
@@ -233,6 +257,7 @@ static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, 
         if ((rc = fs_model_clone(&sparse, teacher, d)) != 0)
             return rc;
         fs_recover_config rcfg = c->recovery;
+        rcfg.hooks = NULL;
         rcfg.iterations = c->sparsity_iterations;
         rcfg.objective = c->recover == FS_RECOVER_KD   ? FS_OBJ_KD
                          : c->recover == FS_RECOVER_CE ? FS_OBJ_CE
@@ -274,6 +299,14 @@ int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *s
                     fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d)
 {
     memset(out, 0, sizeof *out);
+    int post = c->methods & (FS_METHOD_NM | FS_METHOD_INT8);
+    if (post) {
+        /* the structural method (if any) first, then N:M and int8 on its students */
+        fs_pipeline_config pre = *c;
+        pre.methods &= ~post;
+        int rc = pre.methods ? fs_pipeline_run(&pre, teacher, src, progress, ud, out, d) : 0;
+        return rc ? rc : fs_pipeline_posttrain(c, teacher, src, progress, ud, out, d);
+    }
     int structural = c->methods & (FS_METHOD_DROP_BLOCKS | FS_METHOD_PRUNE_CHANNELS |
                                    FS_METHOD_LOWRANK);
     if (structural & (structural - 1))
@@ -298,21 +331,30 @@ int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *s
     if ((rc = fs_source_set_student(src, teacher, d)) != 0 ||
         (rc = fs_source_evaluate(src, teacher, &out->on_source, d)) != 0)
         return rc;
-    if ((rc = fs_practise_score(src, teacher, &c->practise, out->scores, &out->n_scores, progress,
+    if (c->n_drop == 0 &&
+        (rc = fs_practise_score(src, teacher, &c->practise, out->scores, &out->n_scores, progress,
                                 ud, d)) != 0)
         return rc;
-    for (int t = 0; t < c->n_targets; t++) {
+    int n_targets = c->n_drop ? 1 : c->n_targets;
+    for (int t = 0; t < n_targets; t++) {
         fs_pipeline_result *r = &out->results[out->n_results];
         memset(r, 0, sizeof *r);
         r->target = c->targets[t];
         int chosen[FS_MAX_STAGES * FS_MAX_BLOCKS], nc = 0;
-        if ((rc = fs_practise_choose(out->scores, out->n_scores, r->target, chosen, &nc, d)) != 0)
-            return rc;
         const char *names[FS_MAX_STAGES * FS_MAX_BLOCKS];
-        for (int i = 0; i < nc; i++) {
-            names[i] = out->scores[chosen[i]].name;
-            snprintf(r->dropped[i], sizeof r->dropped[i], "%s", names[i]);
+        if (c->n_drop) {
+            for (int i = 0; i < c->n_drop; i++)
+                names[i] = c->drop[i];
+            nc = c->n_drop;
+        } else {
+            if ((rc = fs_practise_choose(out->scores, out->n_scores, r->target, chosen, &nc,
+                                         d)) != 0)
+                return rc;
+            for (int i = 0; i < nc; i++)
+                names[i] = out->scores[chosen[i]].name;
         }
+        for (int i = 0; i < nc; i++)
+            snprintf(r->dropped[i], sizeof r->dropped[i], "%s", names[i]);
         r->n_dropped = nc;
         fs_arch sa;
         if ((rc = fs_arch_drop_blocks(&sa, &teacher->arch, names, nc, d)) != 0 ||

@@ -47,7 +47,7 @@ enum { JOB_QUEUED = 0, JOB_RUNNING = 1, JOB_DONE = 2, JOB_FAILED = 3, JOB_CANCEL
 
 /* The job file's settings (schema in job.c). */
 typedef struct {
-    char *name, *teacher, *agents, *data, *methods, *target, *family, *recover, *eval;
+    char *name, *teacher, *agents, *data, *methods, *target, *family, *recover, *eval, *drop;
     int bn;                         /* 0 frozen, 1 train */
     int64_t quorum, shots, seed, iterations, score_iterations, batch, augment, max_batch;
     bool per_class;

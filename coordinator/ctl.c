@@ -53,11 +53,11 @@ static json_t *job_json(const job *j, int full)
 {
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:i,s:i,s:f,s:o,s:o}", "id", j->id, "name",
                           j->cfg.name, "state", job_state_name(j->state), "phase", j->phase,
-                          "round", (int)j->round, "rounds", (int)j->total, "submitted",
+                          "round", (int)j->it, "rounds", (int)j->total, "submitted",
                           j->submitted, "started",
                           j->started > 0 ? json_real(j->started) : json_null(), "finished",
                           j->finished > 0 ? json_real(j->finished) : json_null());
-    json_object_set_new(o, "it", json_integer(j->it));
+    json_object_set_new(o, "exchanges", json_integer(j->round));
     if (!full)
         return o;
     json_object_set_new(o, "loss", j->state == JOB_RUNNING && j->it > 0 ? json_real(j->loss)

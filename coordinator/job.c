@@ -55,6 +55,8 @@ static const fs_cfg_key JOB_KEYS[] = {
      "latency=F, flops=F or params=F"},
     {"job", "family", FS_CFG_STRING, NULL, 0, J(family), 0, 0, 0, 0, NULL,
      "several targets, e.g. 0.9,0.8,0.7"},
+    {"job", "drop", FS_CFG_STRING, NULL, 0, J(drop), 0, 0, 0, 0, NULL,
+     "drop exactly these blocks (no scoring), e.g. layer1.1,layer2.2"},
     {"job", "recover", FS_CFG_STRING, "mimic", 0, J(recover), 0, 0, 0, 0, NULL,
      "none, bn, mimic, kd or ce"},
     {"job", "iterations", FS_CFG_INT, "2000", 0, J(iterations), 0, 10000000, 0, 0, NULL,
@@ -133,7 +135,8 @@ static int job_parse(coord *c, const char *ini, size_t len, const char *source, 
     if ((rc = fs_pipeline_parse_methods(&pc->methods, j->cfg.methods, d)) ||
         (rc = fs_pipeline_parse_recover(&pc->recover, j->cfg.recover, d)) ||
         (rc = fs_pipeline_parse_target(pc, j->cfg.target, d)) ||
-        (j->cfg.family && (rc = fs_pipeline_parse_family(pc, j->cfg.family, d)))) {
+        (j->cfg.family && (rc = fs_pipeline_parse_family(pc, j->cfg.family, d))) ||
+        (j->cfg.drop && (rc = fs_pipeline_parse_drop(pc, j->cfg.drop, d)))) {
         fs_diag_prefix(d, "%s: [job]", source);
         job_free(j);
         return rc;

@@ -331,8 +331,9 @@ int fs_cfg_check_endpoint(const char *s, fs_diag *d) {
     size_t hl = (size_t)(colon - host);
     const char *port = colon + 1;
     size_t pl = strlen(port);
-    if (!all_digits(port, pl) || pl > 5 || atoi(port) < 1 || atoi(port) > 65535)
-        return fs_diag_set(d, FS_EFORMAT, "'%s': port must be a number in 1..65535",
+    /* "*": an ephemeral port (the coordinator writes the one it got to STATE_DIR/endpoint) */
+    if (strcmp(port, "*") && (!all_digits(port, pl) || pl > 5 || atoi(port) < 1 || atoi(port) > 65535))
+        return fs_diag_set(d, FS_EFORMAT, "'%s': port must be a number in 1..65535 (or *)",
                            excerpt(s, ex, sizeof ex));
     if (hl == 0 || hl > 253)
         return fs_diag_set(d, FS_EFORMAT, "'%s': missing or over-long host",

@@ -151,17 +151,19 @@ static int sync_student(fed_src *f, const fs_model *m, size_t *n_out, fs_diag *d
         /* new graph: announce it with every parameter */
         if ((rc = ensure_tensors(f, (size_t)m->n_params + 2, d)) != 0)
             goto done;
-        set_raw_tensor(&f->tensors[0], "arch.json", FS_WIRE_U8, json, strlen(json));
-        set_raw_tensor(&f->tensors[1], "adaptors", FS_WIRE_U8, ad, strlen(ad));
+        size_t nt = 0;
+        set_raw_tensor(&f->tensors[nt++], "arch.json", FS_WIRE_U8, json, strlen(json));
+        if (ad[0])  /* a graph without adaptors sends no adaptor list (tensors are never empty) */
+            set_raw_tensor(&f->tensors[nt++], "adaptors", FS_WIRE_U8, ad, strlen(ad));
         for (int i = 0; i < m->n_params; i++)
-            set_f32_tensor(&f->tensors[2 + i], m->params[i].name, &m->params[i],
+            set_f32_tensor(&f->tensors[nt++], m->params[i].name, &m->params[i],
                            m->params[i].data);
         fs_wire_msg req;
         memset(&req, 0, sizeof req);
         req.type = FS_MSG_COMPUTE_REQ;
         snprintf(req.u.compute_req.kind, sizeof req.u.compute_req.kind, "student");
         req.tensors = f->tensors;
-        req.n_tensors = (size_t)m->n_params + 2;
+        req.n_tensors = nt;
         f->count = 0;
         if ((rc = f->t.exchange(f->t.ud, &req, reply_count, f, d)) != 0)
             goto done;
@@ -636,15 +638,15 @@ static int apply_params(fs_model *m, const fs_wire_msg *req, int require_all, fs
 static int serve_student(fs_fed_agent *a, const fs_wire_msg *req, fs_diag *d)
 {
     const fs_wire_tensor *aj = find_tensor(req, "arch.json"), *ad = find_tensor(req, "adaptors");
-    if (!aj || !ad || aj->dtype != FS_WIRE_U8 || ad->dtype != FS_WIRE_U8)
-        return fs_diag_set(d, FS_EPROTO, "student request without arch.json and adaptors");
+    if (!aj || aj->dtype != FS_WIRE_U8 || (ad && ad->dtype != FS_WIRE_U8))
+        return fs_diag_set(d, FS_EPROTO, "student request without its arch.json");
     fs_arch arch;
     int rc = fs_arch_from_json(&arch, aj->data, aj->nbytes, d);
     if (rc)
         return rc;
     fs_adaptor_spec specs[256];
     int ns = 0;
-    const char *p = ad->data, *end = p + ad->nbytes;
+    const char *p = ad ? ad->data : "", *end = p + (ad ? ad->nbytes : 0);
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);

@@ -225,7 +225,7 @@ static void bad_coordinator_files_name_line_and_key(void **state) {
         {"![coordinator]\nlisten = tcp://host\n", "t.conf:2: [coordinator] listen: 'tcp://host': "
                                                   "missing ':PORT' (e.g. tcp://10.0.0.1:7400)"},
         {"![coordinator]\nlisten = tcp://host:70000\n",
-         "t.conf:2: [coordinator] listen: 'tcp://host:70000': port must be a number in 1..65535"},
+         "t.conf:2: [coordinator] listen: 'tcp://host:70000': port must be a number in 1..65535 (or *)"},
         {"![coordinator]\nlisten = tcp://ho st:7\n",
          "t.conf:2: [coordinator] listen: 'tcp://ho st:7': bad character ' ' in host name"},
         {"![coordinator]\nlisten = ipc://rel/sock\n",

@@ -40,6 +40,10 @@ typedef struct {
     /* nm / int8 (all zero = their defaults: 2:4 without fc, percentile calibration) */
     fs_nm_config nm;
     fs_quant_config quant;
+    /* drop-blocks: blocks named here are dropped as given (no scoring, no latency choice; one
+     * target); empty = scored and chosen for the target */
+    int n_drop;
+    char drop[FS_MAX_STAGES * FS_MAX_BLOCKS][32];
 } fs_pipeline_config;
 
 /* Defaults: drop-blocks, feature mimicking, latency 0.75, ALGORITHMS.md a.7 recovery. */

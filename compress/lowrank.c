@@ -262,6 +262,21 @@ static int64_t ranks_at(const layer *ls, int n, double e, int params, int64_t to
     return cost;
 }
 
+/* The next FLOPs goal (fraction of the teacher's) after a plan at `goal` measured lat_s against the
+ * teacher's lat_t: latency modelled as affine in FLOPs through the teacher and this student (a
+ * fixed overhead makes a purely proportional correction creep), aimed 2% below the target. */
+static double next_goal(double goal, double target, double lat_t, double lat_s, int64_t flops_t,
+                        int64_t flops_s)
+{
+    double df = (double)(flops_t - flops_s), slope = df > 0 ? (lat_t - lat_s) / df : 0;
+    if (!(slope > 0))
+        return goal * target * lat_t / lat_s;
+    double want = (double)flops_s + (0.98 * target * lat_t - lat_s) / slope;
+    double g = want / (double)flops_t;
+    g = g < goal * 0.98 ? g : goal * 0.98;
+    return g > 1e-6 ? g : 1e-6;     /* stays a target: the plan then says what is impossible */
+}
+
 static int measure(const fs_lowrank_config *c, double *sec, fs_model *m, fs_diag *d)
 {
     if (c->latency)
@@ -376,9 +391,10 @@ int fs_lowrank(fs_model **out, const fs_model *teacher, const fs_lowrank_config 
                 goto done;
             if (lat_s <= target * lat_t)
                 break;
+            goal = next_goal(goal, target, lat_t, lat_s, fs_model_flops(teacher),
+                             fs_model_flops(st));
             fs_model_free(st);
             st = NULL;
-            goal *= target * lat_t / lat_s;
         }
         if (!st)
             rc = fs_diag_set(d, FS_EINVAL, "lowrank: latency target %.3f not met after 6 plans "

@@ -623,6 +623,21 @@ static int build_student(const plan *p, fs_model **out, int compensate, fs_diag 
     return 0;
 }
 
+/* The next FLOPs goal (fraction of the teacher's) after a plan at `goal` measured lat_s against the
+ * teacher's lat_t: latency modelled as affine in FLOPs through the teacher and this student (a
+ * fixed overhead makes a purely proportional correction creep), aimed 2% below the target. */
+static double next_goal(double goal, double target, double lat_t, double lat_s, int64_t flops_t,
+                        int64_t flops_s)
+{
+    double df = (double)(flops_t - flops_s), slope = df > 0 ? (lat_t - lat_s) / df : 0;
+    if (!(slope > 0))
+        return goal * target * lat_t / lat_s;
+    double want = (double)flops_s + (0.98 * target * lat_t - lat_s) / slope;
+    double g = want / (double)flops_t;
+    g = g < goal * 0.98 ? g : goal * 0.98;
+    return g > 1e-6 ? g : 1e-6;     /* stays a target: the plan then says what is impossible */
+}
+
 static int measure(const fs_prune_config *c, double *sec, fs_model *m, fs_diag *d)
 {
     if (c->latency)
@@ -674,9 +689,10 @@ int fs_prune_channels(fs_model **out, const fs_model *teacher, const fs_prune_co
                 goto done;
             if (lat_s <= target * lat_t)
                 break;
+            goal = next_goal(goal, target, lat_t, lat_s, fs_model_flops(teacher),
+                             fs_model_flops(st));
             fs_model_free(st);
             st = NULL;
-            goal *= target * lat_t / lat_s;
         }
         if (!st) {
             rc = fs_diag_set(d, FS_EINVAL, "prune-channels: latency target %.3f not met after 6 "

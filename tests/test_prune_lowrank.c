@@ -459,6 +459,57 @@ static void sparsity_training_zeroes_scales(void **state)
     fs_source_free(src);
 }
 
+/* A deterministic "latency": proportional to FLOPs plus a fixed overhead, so a plan made by FLOPs
+ * alone misses a latency target and must be tightened. */
+static int fake_latency(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d)
+{
+    (void)d;
+    (void)reps;
+    (*(int *)ud)++;
+    *sec = (double)batch * (1e-9 * (double)fs_model_flops(m) + 2e-3);
+    return 0;
+}
+
+static void latency_targets_are_measured_and_met(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    double t_sec;
+    int calls = 0;
+    fake_latency(&calls, &t_sec, f->basic, 1, 1, &d);
+    for (int k = 0; k < 2; k++) {
+        fs_model *s = NULL;
+        int rc;
+        calls = 0;
+        if (k == 0) {
+            fs_prune_config pc;
+            fs_prune_defaults(&pc);
+            pc.latency = fake_latency;
+            pc.latency_ud = &calls;
+            rc = fs_prune_channels(&s, f->basic, &pc, FS_COST_LATENCY, 0.7, NULL, NULL, &d);
+        } else {
+            fs_lowrank_config lc;
+            fs_lowrank_defaults(&lc);
+            lc.latency = fake_latency;
+            lc.latency_ud = &calls;
+            rc = fs_lowrank(&s, f->basic, &lc, FS_COST_LATENCY, 0.7, NULL, NULL, &d);
+        }
+        if (rc)
+            print_message("%s\n", d.msg);
+        assert_int_equal(rc, 0);
+        double s_sec;
+        int dummy = 0;
+        fake_latency(&dummy, &s_sec, s, 1, 1, &d);
+        print_message("%s latency 0.7: %.3f of the teacher after %d measurements, FLOPs %.3f\n",
+                      k ? "lowrank" : "prune", s_sec / t_sec, calls,
+                      (double)fs_model_flops(s) / (double)fs_model_flops(f->basic));
+        assert_true(s_sec <= 0.7 * t_sec);
+        assert_true(calls >= 3);    /* teacher, the FLOPs plan that missed, the tightened one */
+        assert_true((double)fs_model_flops(s) < 0.7 * (double)fs_model_flops(f->basic));
+        fs_model_free(s);
+    }
+}
+
 /* ---- low-rank -------------------------------------------------------------------------------- */
 
 static void energy_rank_of_known_singular_values(void **state)
@@ -676,6 +727,7 @@ int main(void)
         cmocka_unit_test(targets_are_met_and_counted_exactly),
         cmocka_unit_test(impossible_targets_and_models_are_refused),
         cmocka_unit_test(sparsity_training_zeroes_scales),
+        cmocka_unit_test(latency_targets_are_measured_and_met),
         cmocka_unit_test(energy_rank_of_known_singular_values),
         cmocka_unit_test(full_rank_reproduces_the_layers),
         cmocka_unit_test(lowrank_targets_are_met),

@@ -467,6 +467,19 @@ int main(int argc, char **argv)
         zmq_ctx_term(a.zctx);
         return 1;
     }
+    /* Every (re)connection is a new handshake: introduce ourselves again, so that a restarted
+     * coordinator learns who we are (its sequence numbers start again with its WELCOME). */
+    void *mon = NULL;
+    char mon_ep[64];
+    snprintf(mon_ep, sizeof mon_ep, "inproc://fs-agent-monitor-%d", (int)getpid());
+    if (zmq_socket_monitor(fs_link_client_socket(a.link), mon_ep,
+                           ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0) {
+        mon = zmq_socket(a.zctx, ZMQ_PAIR);
+        if (mon && zmq_connect(mon, mon_ep) != 0) {
+            zmq_close(mon);
+            mon = NULL;
+        }
+    }
     fs_watchdog_init(&a.wd, fs_now_usec());
     char status[256];
     snprintf(status, sizeof status, "connecting to %s as %s", a.cfg.coordinator, a.cfg.name);
@@ -490,9 +503,10 @@ int main(int argc, char **argv)
         uint64_t deadlines[3] = {a.welcomed ? a.next_heartbeat : a.next_hello,
                                  fs_watchdog_deadline(&a.wd), 0};
         long timeout = fs_loop_timeout_ms(now, deadlines, 2);
-        zmq_pollitem_t items[2] = {{fs_link_client_socket(a.link), 0, ZMQ_POLLIN, 0},
-                                   {NULL, fs_signal_fd(), ZMQ_POLLIN, 0}};
-        int n = zmq_poll(items, 2, timeout);
+        zmq_pollitem_t items[3] = {{fs_link_client_socket(a.link), 0, ZMQ_POLLIN, 0},
+                                   {NULL, fs_signal_fd(), ZMQ_POLLIN, 0},
+                                   {mon, 0, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(items, mon ? 3 : 2, timeout);
         if (n < 0 && errno != EINTR) {
             fs_log_kv(FS_LOG_ERR, "poll failed", "REASON", zmq_strerror(errno), NULL);
             break;
@@ -515,6 +529,20 @@ int main(int argc, char **argv)
                 }
             }
         }
+        if (n > 0 && mon && (items[2].revents & ZMQ_POLLIN)) {
+            zmq_msg_t ev;
+            for (;;) {     /* event frame + endpoint frame; we only need to know one happened */
+                zmq_msg_init(&ev);
+                int got = zmq_msg_recv(&ev, mon, ZMQ_DONTWAIT);
+                zmq_msg_close(&ev);
+                if (got < 0)
+                    break;
+            }
+            if (a.welcomed)
+                fs_log_kv(FS_LOG_INFO, "reconnected: introducing ourselves again", NULL);
+            a.welcomed = 0;
+            a.next_hello = 0;
+        }
         if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
             for (int k = 0; k < 64; k++) {
                 fs_wire_msg *m = NULL;
@@ -536,6 +564,10 @@ int main(int argc, char **argv)
         send_msg(&a, &bye);
     }
     job_clear(&a);
+    if (mon) {
+        zmq_socket_monitor(fs_link_client_socket(a.link), NULL, 0);
+        zmq_close(mon);
+    }
     fs_link_client_close(a.link);
     zmq_ctx_term(a.zctx);
     fs_agent_config_free(&a.cfg);

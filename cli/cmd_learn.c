@@ -42,6 +42,7 @@ static const char TRAIN_USAGE[] =
     "  --augment PAD      random crop with PAD pixels of padding + horizontal flip (default 2; 0 off)\n"
     "  --no-flip          no horizontal flip\n"
     "  --mean M[,M..] --std S[,S..]   normalisation (default: computed from the training data)\n"
+    "  --classes N        number of classes (default: largest label + 1)\n"
     "  --seed N (1) --threads N (0 = all CPUs)\n";
 
 int cmd_train(int argc, char **argv)
@@ -56,9 +57,11 @@ int cmd_train(int argc, char **argv)
         {"no-flip", no_argument, 0, 'F'},      {"mean", required_argument, 0, 'M'},
         {"std", required_argument, 0, 'S'},    {"seed", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"output", required_argument, 0, 'o'},
+        {"classes", required_argument, 0, 'C'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *arch_s = NULL, *data_s = NULL, *eval_s = NULL, *out_s = NULL, *mean_s = NULL,
                *std_s = NULL;
+    long classes = 0;
     long epochs = 15, batch = 128, pad = 2, seed = 1, threads = 0;
     double lr = 0.1, mom = 0.9, wd = 5e-4;
     int nesterov = 0, flip = 1, c, rc;
@@ -74,6 +77,7 @@ int cmd_train(int argc, char **argv)
         case 'n': nesterov = 1; break;
         case 'F': flip = 0; break;
         case 'E': if ((rc = fs_cli_int(cmd, "--epochs", optarg, 1, 100000, &epochs))) return rc; break;
+        case 'C': if ((rc = fs_cli_int(cmd, "--classes", optarg, 1, 1000000, &classes))) return rc; break;
         case 'b': if ((rc = fs_cli_int(cmd, "--batch", optarg, 1, 65536, &batch))) return rc; break;
         case 'A': if ((rc = fs_cli_int(cmd, "--augment", optarg, 0, 64, &pad))) return rc; break;
         case 's': if ((rc = fs_cli_int(cmd, "--seed", optarg, 0, 1L << 62, &seed))) return rc; break;
@@ -94,7 +98,8 @@ int cmd_train(int argc, char **argv)
     fs_dataset *train = NULL, *test = NULL;
     fs_model *m = NULL;
     int status = 1;
-    if (fs_dataset_open(&train, data_s, NULL, &d))
+    fs_data_opts to = {.num_classes = (int)classes};
+    if (fs_dataset_open(&train, data_s, &to, &d))
         goto fail;
     if (!train->labels) {
         fs_diag_set(&d, FS_EINVAL, "%s: training needs labeled data", data_s);

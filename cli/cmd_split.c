@@ -50,6 +50,21 @@ static int write_idx(const char *path, const fs_dataset *ds, const int32_t *idx,
     return 0;
 }
 
+/* mkdir -p */
+static void make_dirs(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(buf, 0755);
+            *p = '/';
+        }
+    }
+    mkdir(buf, 0755);
+}
+
 static const char USAGE[] =
     "usage: fedslim split --data idx:DIR/PREFIX --sites N --per-site K --out DIR\n"
     "       [--alpha A (0.5)] [--seed S (1)]\n";
@@ -95,7 +110,7 @@ int cmd_split(int argc, char **argv)
     }
     if (fs_split_dirichlet(&sp, ds, (int)sites, alpha, (int)per, (uint64_t)seed, &d))
         goto fail;
-    mkdir(out_s, 0755);
+    make_dirs(out_s);
     for (int s = 0; s < sp->n_sites; s++) {
         char path[4200];
         snprintf(path, sizeof path, "%s/site-%d-images-idx3-ubyte", out_s, s + 1);

@@ -35,6 +35,9 @@ int fs_local_create(fs_local **out, const fs_model *teacher, const fs_dataset *d
                            ds->source, ds->c, ds->h, ds->w, a->in_c, a->in_h, a->in_w);
     if (ds->n <= 0)
         return fs_diag_set(d, FS_EINVAL, "%s: no samples", ds->source);
+    if (ds->labels && ds->num_classes > a->num_classes)
+        return fs_diag_set(d, FS_EINVAL, "%s: labels go up to %d but the model has %d classes",
+                           ds->source, ds->num_classes - 1, a->num_classes);
     fs_local *L = calloc(1, sizeof *L);
     if (!L)
         return fs_diag_set(d, FS_ENOMEM, "out of memory");

@@ -6,6 +6,7 @@
 #ifndef FS_COMPRESS_H
 #define FS_COMPRESS_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "fs_optim.h"
@@ -22,6 +23,23 @@ typedef void (*fs_progress_fn)(void *ud, const char *phase, long it, long total,
 /* Median seconds per forward pass of a batch of `batch` random inputs over `reps` runs (after one
  * warm-up). Data-free. */
 int fs_latency(double *sec, fs_model *m, int batch, int reps, fs_diag *d);
+
+/* A latency measurement the caller may intercept (the coordinator journals them so that a resumed
+ * job makes the same choices). NULL means fs_latency. */
+typedef int (*fs_latency_fn)(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d);
+
+/* Hooks that make recovery resumable: `resume` is called before the first step and may restore
+ * the student's trainable parameters and the optimizer state and say where to continue (*start,
+ * the number of steps already done); `checkpoint` is called after every step with the number of
+ * steps done. Either may be NULL. A non-zero return stops the recovery with that code. */
+typedef struct fs_optimizer fs_optimizer;
+typedef struct {
+    int (*resume)(void *ud, fs_model *student, fs_optimizer *opt, long total, long *start,
+                  fs_diag *d);
+    int (*checkpoint)(void *ud, fs_model *student, fs_optimizer *opt, long done, long total,
+                      double loss, fs_diag *d);
+    void *ud;
+} fs_recover_hooks;
 
 /* ---- recovery: minimise an objective over the trainable parameters ------------------------ */
 
@@ -43,6 +61,7 @@ typedef struct {
      * sparsity sub-gradient). */
     void (*before_step)(void *ud, fs_model *student, long it, float lr);
     void *before_step_ud;
+    const fs_recover_hooks *hooks;  /* optional: checkpoint / resume */
 } fs_recover_config;
 
 /* The defaults of ALGORITHMS.md a.7 (mimic, SGD lr 0.02, momentum 0.9, wd 1e-4, x0.1 at 40% and
@@ -72,6 +91,9 @@ typedef struct {
     int pad, hflip;             /* augmentation of adaptor training; default off */
     int latency_batch;          /* batch at which latency is measured; default 64 */
     int latency_reps;           /* default 5 */
+    fs_latency_fn latency;      /* optional: measurement hook (default fs_latency) */
+    void *latency_ud;
+    const fs_recover_hooks *hooks;  /* optional: passed to every adaptor training */
 } fs_practise_config;
 void fs_practise_defaults(fs_practise_config *c);
 
@@ -191,5 +213,92 @@ int fs_lowrank(fs_model **out, const fs_model *teacher, const fs_lowrank_config 
                fs_diag *d);
 
 /* ==== end of channel pruning / low-rank ===================================================== */
+
+/* ==== int8 post-training quantization and N:M sparsity (ALGORITHMS.md d.1, f.1, g) ==========
+ * Part "quant/nm" (compress/quant.c, compress/nm.c). A configuration whose fields are all zero
+ * means the defaults. Both work on any dense-or-compressed student without adaptors; the model
+ * format of the results is in docs/model-format.md ("Stored layers"). */
+
+/* The layer options of a conv/linear layer of `a` by its module name ("conv1", "layer2.0.conv1",
+ * "layer2.0.downsample.0", "fc", "fc2"), or NULL if the architecture has no such layer. */
+fs_layer_opts *fs_arch_layer_opts(fs_arch *a, const char *layer);
+
+typedef enum {
+    FS_CALIB_MINMAX = 1,        /* the observed range */
+    FS_CALIB_PERCENTILE = 2,    /* the (100-p)th .. pth percentiles (p = 99.99) */
+    FS_CALIB_MSE = 3,           /* the range t*[min, max], t in (0, 1], of least expected squared
+                                   quantization error on the histogram */
+} fs_calib_method;
+
+typedef struct {
+    fs_calib_method method;     /* 0 = FS_CALIB_PERCENTILE */
+    float percentile;           /* 0 = 99.99 */
+    int bins;                   /* histogram bins; 0 = 2048 */
+    int keep_stem_float;        /* 1: the stem conv stays float (default: quantized) */
+    int keep_linear_float;      /* 1: linear layers stay float (default: quantized) */
+} fs_quant_config;
+
+/* "minmax" | "percentile" | "mse" */
+int fs_calib_parse(fs_calib_method *m, const char *s, fs_diag *d);
+const char *fs_calib_name(fs_calib_method m);
+
+/* A copy of `m` whose conv and linear layers are int8 layers (qbits 8) with every BN folded into
+ * the conv before it (W' = W g/sqrt(v+eps), b' = beta + (b - mu) g/sqrt(v+eps)), weights still
+ * float, inputs not calibrated (input_scale 0: not fake-quantized): the same function as `m` up to
+ * rounding. FS_EINVAL if `m` has adaptors or int8 layers already. returns owned *out. */
+int fs_quant_fold(fs_model **out, const fs_model *m, const fs_quant_config *c, fs_diag *d);
+
+/* Per-output-channel symmetric int8 weights for every int8 layer of `m`, in place:
+ * s_c = max_i |W[c,i]| / 127 (1 for an all-zero channel), W := s_c * clamp(rint(W / s_c), -127, 127),
+ * weight_scale := s. Exact zeros (N:M) stay zero. */
+void fs_quant_weights(fs_model *m);
+
+/* The clip range [*a, *b] (containing 0) chosen by c->method from a histogram of `bins` equal bins
+ * over [lo, hi] whose counts hold every value. FS_EINVAL for an empty histogram. */
+int fs_calib_clip(const int64_t *counts, int bins, float lo, float hi, const fs_quant_config *c,
+                  float *a, float *b, fs_diag *d);
+/* uint8 parameters for the range [a, b] (a <= 0 <= b): s = (b - a) / 255 (1 if b == a),
+ * z = clamp(rint(-a / s), 0, 255). */
+void fs_quant_act_params(float a, float b, float *scale, float *zero_point);
+
+/* Input ranges of every int8 layer from summed histograms (g: additive, so federated): the
+ * inputs' moments give a first range (mean +- 8 sd per channel, widened until nothing falls
+ * outside), a histogram on it the observed range, a second histogram on that range the clip of
+ * c->method. The model input's range is data-free: the normalised image of [0, 1]. */
+int fs_quant_calibrate(fs_source *src, fs_model *m, const fs_quant_config *c, fs_diag *d);
+
+/* fs_quant_fold + fs_quant_weights + fs_quant_calibrate. returns owned *out. */
+int fs_quant_int8(fs_model **out, fs_source *src, const fs_model *m, const fs_quant_config *c,
+                  fs_diag *d);
+
+typedef struct {
+    int n, m;                   /* N:M; 0 = 2:4 */
+    int fc;                     /* 1: also the final linear layer (default: dense) */
+    float decay;                /* SR-STE decay on pruned weights; 0 = 2e-4, < 0 = none */
+} fs_nm_config;
+
+/* Mask of one row of K weights (K a multiple of m): in each group of m consecutive weights, 1 for
+ * the n largest |w| (ties: the lower position), 0 for the rest. */
+void fs_nm_mask_row(uint8_t *mask, const float *w, size_t K, int n, int m);
+
+/* A copy of `m` with N:M sparsity (magnitude masks along the reduction dimension, PyTorch order
+ * C,KH,KW) on every conv but the stem (for an MLP every linear but the last), plus the final
+ * linear with c->fc; layers whose reduction dimension is not a multiple of M stay dense.
+ * *n_layers (may be NULL): layers made sparse. returns owned *out. */
+int fs_nm_apply(fs_model **out, const fs_model *m, const fs_nm_config *c, int *n_layers,
+                fs_diag *d);
+
+/* Masked fine-tuning of an N:M student (SR-STE): forward with W*mask, dense gradient plus
+ * decay * (1 - mask) * W, the mask recomputed from the dense weights after every step; the
+ * result's pruned weights are exactly zero. rc: the recovery (its after_step/before_step hooks
+ * are used here and must be NULL; checkpoint hooks are not supported and must be NULL). */
+int fs_nm_finetune(fs_source *src, fs_model *m, const fs_nm_config *c, const fs_recover_config *rc,
+                   fs_progress_fn progress, void *ud, double *final_loss, fs_diag *d);
+
+/* 0 if every group of every N:M layer has at most N non-zero weights; else FS_EINVAL naming the
+ * layer, row and group. */
+int fs_nm_check(const fs_model *m, fs_diag *d);
+
+/* ==== end of int8 / N:M ===================================================================== */
 
 #endif

@@ -35,7 +35,19 @@ typedef enum {
     FS_PARAM_BN_BIAS = 4,
     FS_PARAM_BN_MEAN = 5,   /* buffer: never trained */
     FS_PARAM_BN_VAR = 6,    /* buffer: never trained */
+    /* int8 layers (qbits 8, docs/model-format.md): buffers, never trained, not counted as params */
+    FS_PARAM_WEIGHT_SCALE = 7,      /* [OC] per-output-channel scale: weight = scale * int8 */
+    FS_PARAM_INPUT_SCALE = 8,       /* [1] scale of the uint8 input; 0 = not calibrated yet (the
+                                       input passes unquantized, in memory only) */
+    FS_PARAM_INPUT_ZERO_POINT = 9,  /* [1] zero point of the uint8 input (an integer 0..255) */
 } fs_param_kind;
+
+/* 1 for tensors that are never trained (BN running statistics, quantization parameters). */
+static inline int fs_param_is_buffer(fs_param_kind k)
+{
+    return k == FS_PARAM_BN_MEAN || k == FS_PARAM_BN_VAR || k == FS_PARAM_WEIGHT_SCALE ||
+           k == FS_PARAM_INPUT_SCALE || k == FS_PARAM_INPUT_ZERO_POINT;
+}
 
 typedef struct {
     char name[96];
@@ -59,6 +71,12 @@ typedef struct {
     int p[4];               /* parameter indices or -1: CONV/LINEAR weight, bias; BN weight, bias,
                                running_mean, running_var */
     int block;              /* index of the residual block it belongs to (fs_model.blocks), or -1 */
+    /* CONV/LINEAR: the storage options of this (plain, unfactorized) layer, from the arch; for a
+     * factorized layer both factors carry the layer's nm/qbits (rank is always 0 here). */
+    fs_layer_opts opts;
+    /* qbits 8: parameter indices of weight_scale, input_scale, input_zero_point; else -1. The
+     * in-memory weight holds the dequantized values scale * q; a folded BN is the conv's bias. */
+    int q[3];
 } fs_node;
 
 /* A residual block as the compression methods see it. */
@@ -152,5 +170,9 @@ float *fs_run_dout(fs_run *r, int node);
 void fs_run_backward(fs_run *r, fs_model *m);
 /* Per-sample output size of a node (C*H*W). */
 size_t fs_node_numel(const fs_model *m, int node);
+
+/* Fake quantization to uint8 (the input of an int8 layer): y = (clamp(rint(x / s) + z, 0, 255)
+ * - z) * s, rint rounding half to even (torch.round's rule). s > 0; y may alias x. */
+void fs_fake_quant_u8(float *y, const float *x, size_t n, float s, float z);
 
 #endif

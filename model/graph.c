@@ -66,7 +66,7 @@ static int add_param(builder *b, const char *name, fs_param_kind kind, int ndim,
         p->shape[i] = shape[i];
         p->numel *= (size_t)shape[i];
     }
-    p->trainable = kind != FS_PARAM_BN_MEAN && kind != FS_PARAM_BN_VAR;
+    p->trainable = !fs_param_is_buffer(kind);
     return m->n_params++;
 }
 
@@ -84,6 +84,7 @@ static int add_node(builder *b, fs_node_op op, const char *name, int in0, int in
     n->in0 = in0;
     n->in1 = in1;
     n->p[0] = n->p[1] = n->p[2] = n->p[3] = -1;
+    n->q[0] = n->q[1] = n->q[2] = -1;
     n->block = b->cur_block;
     return m->n_nodes++;
 }
@@ -102,8 +103,41 @@ static void shape_of(const builder *b, int node, int *C, int *H, int *W)
     }
 }
 
+/* int8 layers: weight_scale [OC], input_scale [1], input_zero_point [1] after the weight and bias.
+ * N:M layers: the reduction dimension K must split into whole groups of M. */
+static void layer_opts(builder *b, int n, const char *name, int OC, int64_t K, const fs_layer_opts *o)
+{
+    if (b->err || !o)
+        return;
+    if (o->nm_m > 0 && K % o->nm_m != 0) {
+        b->err = fs_diag_set(b->d, FS_EINVAL, "%s: N:M sparsity %d:%d needs the reduction "
+                             "dimension (%lld) to be a multiple of %d", name, o->nm_n, o->nm_m,
+                             (long long)K, o->nm_m);
+        return;
+    }
+    int q[3] = {-1, -1, -1};
+    if (o->qbits) {
+        static const char *suffix[3] = {"weight_scale", "input_scale", "input_zero_point"};
+        static const fs_param_kind kinds[3] = {FS_PARAM_WEIGHT_SCALE, FS_PARAM_INPUT_SCALE,
+                                               FS_PARAM_INPUT_ZERO_POINT};
+        char pname[128];
+        for (int i = 0; i < 3; i++) {
+            int64_t s[1] = {i == 0 ? OC : 1};
+            name_fmt(pname, sizeof pname, "%s.%s", name, suffix[i]);
+            q[i] = add_param(b, pname, kinds[i], 1, s);
+        }
+    }
+    if (b->err)
+        return;
+    fs_node *nd = &b->m->nodes[n];
+    nd->opts = *o;
+    nd->opts.rank = 0;
+    for (int i = 0; i < 3; i++)
+        nd->q[i] = q[i];
+}
+
 static int plain_conv(builder *b, const char *name, int in, int OC, int K, int stride, int pad,
-                      int bias)
+                      int bias, const fs_layer_opts *o)
 {
     if (b->err)
         return -1;
@@ -136,6 +170,7 @@ static int plain_conv(builder *b, const char *name, int in, int OC, int K, int s
     nd = &b->m->nodes[n];
     nd->p[0] = pw;
     nd->p[1] = pb;
+    layer_opts(b, n, name, OC, (int64_t)C * K * K, o);
     return n;
 }
 
@@ -147,29 +182,32 @@ static const fs_adaptor_spec *find_adaptor(const builder *b, const char *conv, f
     return NULL;
 }
 
-/* A conv as the architecture stores it: plain, factorized (name.0 + name.1), with adaptors. */
+/* A conv as the architecture stores it: plain, factorized (name.0 + name.1), with adaptors.
+ * An int8 conv (qbits 8) has its batch norm folded in: it gets a bias (on the last factor) and the
+ * caller adds no BN node after it (conv_bn). */
 static int conv(builder *b, const char *name, int in, int OC, int K, int stride, int pad,
                 const fs_layer_opts *o)
 {
+    int folded = o && o->qbits;
     char sub[96];
     if (find_adaptor(b, name, FS_ADAPTOR_PRE)) {
         int C, H, W;
         shape_of(b, in, &C, &H, &W);
         name_fmt(sub, sizeof sub, "%s.adaptor_pre", name);
-        in = plain_conv(b, sub, in, C, 1, 1, 0, 0);
+        in = plain_conv(b, sub, in, C, 1, 1, 0, 0, NULL);
     }
     int out;
     if (o && o->rank > 0) {
         name_fmt(sub, sizeof sub, "%s.0", name);
-        int mid = plain_conv(b, sub, in, o->rank, K, stride, pad, 0);
+        int mid = plain_conv(b, sub, in, o->rank, K, stride, pad, 0, o);
         name_fmt(sub, sizeof sub, "%s.1", name);
-        out = plain_conv(b, sub, mid, OC, 1, 1, 0, 0);
+        out = plain_conv(b, sub, mid, OC, 1, 1, 0, folded, o);
     } else {
-        out = plain_conv(b, name, in, OC, K, stride, pad, 0);
+        out = plain_conv(b, name, in, OC, K, stride, pad, folded, o);
     }
     if (find_adaptor(b, name, FS_ADAPTOR_AFTER)) {
         name_fmt(sub, sizeof sub, "%s.adaptor_after", name);
-        out = plain_conv(b, sub, out, OC, 1, 1, 0, 0);
+        out = plain_conv(b, sub, out, OC, 1, 1, 0, 0, NULL);
     }
     return out;
 }
@@ -200,6 +238,14 @@ static int bn(builder *b, const char *name, int in)
     nd->H = H;
     nd->W = W;
     return n;
+}
+
+/* conv + its batch norm, or the conv alone when the BN is folded into it (int8). */
+static int conv_bn(builder *b, const char *cname, const char *bname, int in, int OC, int K,
+                   int stride, int pad, const fs_layer_opts *o)
+{
+    int y = conv(b, cname, in, OC, K, stride, pad, o);
+    return o && o->qbits ? y : bn(b, bname, y);
 }
 
 static int unary(builder *b, fs_node_op op, const char *name, int in)
@@ -245,7 +291,8 @@ static int add(builder *b, const char *name, int a, int c)
     return n;
 }
 
-static int plain_linear(builder *b, const char *name, int in, int OUT, int bias)
+static int plain_linear(builder *b, const char *name, int in, int OUT, int bias,
+                        const fs_layer_opts *o)
 {
     if (b->err)
         return -1;
@@ -272,6 +319,7 @@ static int plain_linear(builder *b, const char *name, int in, int OUT, int bias)
     nd->H = nd->W = 1;
     nd->p[0] = pw;
     nd->p[1] = pb;
+    layer_opts(b, n, name, OUT, IN, o);
     return n;
 }
 
@@ -280,11 +328,11 @@ static int linear(builder *b, const char *name, int in, int OUT, const fs_layer_
     if (o && o->rank > 0) {
         char sub[96];
         name_fmt(sub, sizeof sub, "%s.0", name);
-        int mid = plain_linear(b, sub, in, o->rank, 0);
+        int mid = plain_linear(b, sub, in, o->rank, 0, o);
         name_fmt(sub, sizeof sub, "%s.1", name);
-        return plain_linear(b, sub, mid, OUT, 1);
+        return plain_linear(b, sub, mid, OUT, 1, o);
     }
-    return plain_linear(b, name, in, OUT, 1);
+    return plain_linear(b, name, in, OUT, 1, o);
 }
 
 static int add_block(builder *b, int cur, int s, int i)
@@ -293,7 +341,7 @@ static int add_block(builder *b, int cur, int s, int i)
     const fs_arch *a = &m->arch;
     const fs_stage_arch *st = &a->stages[s];
     const fs_block_arch *blk = &st->blocks[i];
-    char pre[32], nm[96];
+    char pre[32], nm[96], bnm[96];
     name_fmt(pre, sizeof pre, "layer%d.%d", s + 1, i);
     fs_block_info *info = &m->blocks[m->n_blocks];
     memset(info, 0, sizeof *info);
@@ -307,39 +355,33 @@ static int add_block(builder *b, int cur, int s, int i)
     int x = cur, y;
     if (a->block == FS_BLOCK_BASIC) {
         name_fmt(nm, sizeof nm, "%s.conv1", pre);
-        y = conv(b, nm, x, blk->mid[0], 3, blk->stride, 1, &blk->conv[0]);
-        name_fmt(nm, sizeof nm, "%s.bn1", pre);
-        y = bn(b, nm, y);
+        name_fmt(bnm, sizeof bnm, "%s.bn1", pre);
+        y = conv_bn(b, nm, bnm, x, blk->mid[0], 3, blk->stride, 1, &blk->conv[0]);
         name_fmt(nm, sizeof nm, "%s.relu1", pre);
         y = unary(b, FS_NODE_RELU, nm, y);
         name_fmt(nm, sizeof nm, "%s.conv2", pre);
-        y = conv(b, nm, y, st->width, 3, 1, 1, &blk->conv[1]);
-        name_fmt(nm, sizeof nm, "%s.bn2", pre);
-        y = bn(b, nm, y);
+        name_fmt(bnm, sizeof bnm, "%s.bn2", pre);
+        y = conv_bn(b, nm, bnm, y, st->width, 3, 1, 1, &blk->conv[1]);
     } else {
         name_fmt(nm, sizeof nm, "%s.conv1", pre);
-        y = conv(b, nm, x, blk->mid[0], 1, 1, 0, &blk->conv[0]);
-        name_fmt(nm, sizeof nm, "%s.bn1", pre);
-        y = bn(b, nm, y);
+        name_fmt(bnm, sizeof bnm, "%s.bn1", pre);
+        y = conv_bn(b, nm, bnm, x, blk->mid[0], 1, 1, 0, &blk->conv[0]);
         name_fmt(nm, sizeof nm, "%s.relu1", pre);
         y = unary(b, FS_NODE_RELU, nm, y);
         name_fmt(nm, sizeof nm, "%s.conv2", pre);
-        y = conv(b, nm, y, blk->mid[1], 3, blk->stride, 1, &blk->conv[1]);
-        name_fmt(nm, sizeof nm, "%s.bn2", pre);
-        y = bn(b, nm, y);
+        name_fmt(bnm, sizeof bnm, "%s.bn2", pre);
+        y = conv_bn(b, nm, bnm, y, blk->mid[1], 3, blk->stride, 1, &blk->conv[1]);
         name_fmt(nm, sizeof nm, "%s.relu2", pre);
         y = unary(b, FS_NODE_RELU, nm, y);
         name_fmt(nm, sizeof nm, "%s.conv3", pre);
-        y = conv(b, nm, y, st->width, 1, 1, 0, &blk->conv[2]);
-        name_fmt(nm, sizeof nm, "%s.bn3", pre);
-        y = bn(b, nm, y);
+        name_fmt(bnm, sizeof bnm, "%s.bn3", pre);
+        y = conv_bn(b, nm, bnm, y, st->width, 1, 1, 0, &blk->conv[2]);
     }
     int sc = x;
     if (blk->downsample) {
         name_fmt(nm, sizeof nm, "%s.downsample.0", pre);
-        sc = conv(b, nm, x, st->width, 1, blk->stride, 0, &blk->ds);
-        name_fmt(nm, sizeof nm, "%s.downsample.1", pre);
-        sc = bn(b, nm, sc);
+        name_fmt(bnm, sizeof bnm, "%s.downsample.1", pre);
+        sc = conv_bn(b, nm, bnm, x, st->width, 1, blk->stride, 0, &blk->ds);
     }
     name_fmt(nm, sizeof nm, "%s.add", pre);
     y = add(b, nm, y, sc);
@@ -362,10 +404,9 @@ static int build_resnet(builder *b)
         return FS_ENOMEM;
     int y;
     if (a->stem == FS_STEM_IMAGENET)
-        y = conv(b, "conv1", -1, a->stem_width, 7, 2, 3, &a->stem_opts);
+        y = conv_bn(b, "conv1", "bn1", -1, a->stem_width, 7, 2, 3, &a->stem_opts);
     else
-        y = conv(b, "conv1", -1, a->stem_width, 3, 1, 1, &a->stem_opts);
-    y = bn(b, "bn1", y);
+        y = conv_bn(b, "conv1", "bn1", -1, a->stem_width, 3, 1, 1, &a->stem_opts);
     y = unary(b, FS_NODE_RELU, "relu", y);
     if (a->stem == FS_STEM_IMAGENET)
         y = unary(b, FS_NODE_MAXPOOL, "maxpool", y);
@@ -407,7 +448,7 @@ static int allocate_params(fs_model *m)
     size_t total = 0, gtotal = 0;
     for (int i = 0; i < m->n_params; i++) {
         total += fs_align_up(m->params[i].numel, 16);
-        if (m->params[i].kind != FS_PARAM_BN_MEAN && m->params[i].kind != FS_PARAM_BN_VAR)
+        if (!fs_param_is_buffer(m->params[i].kind))
             gtotal += fs_align_up(m->params[i].numel, 16);
     }
     m->param_block = fs_alloc(total * sizeof(float));
@@ -421,7 +462,7 @@ static int allocate_params(fs_model *m)
         fs_param *pr = &m->params[i];
         pr->data = p;
         p += fs_align_up(pr->numel, 16);
-        if (pr->kind != FS_PARAM_BN_MEAN && pr->kind != FS_PARAM_BN_VAR) {
+        if (!fs_param_is_buffer(pr->kind)) {
             pr->grad = g;
             g += fs_align_up(pr->numel, 16);
         }
@@ -604,7 +645,7 @@ int64_t fs_model_num_params(const fs_model *m)
 {
     int64_t n = 0;
     for (int i = 0; i < m->n_params; i++)
-        if (m->params[i].kind != FS_PARAM_BN_MEAN && m->params[i].kind != FS_PARAM_BN_VAR)
+        if (!fs_param_is_buffer(m->params[i].kind))
             n += (int64_t)m->params[i].numel;
     return n;
 }

@@ -2,7 +2,10 @@
  * run.c — forward and backward passes of a model's graph over a batch. Holds the activations
  * (every node's output, kept for backward), output gradients, BN batch statistics and max-pool
  * indices. Output gradients are zeroed lazily, when a node first receives one.
+ * An int8 layer with a calibrated input scale sees its input fake-quantized to uint8 (kept for
+ * backward, where the gradient passes straight through); its weights are already dequantized.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,10 +19,12 @@ struct fs_run {
     const float *input;         /* borrowed for the duration of forward + backward */
     float **out, **dout;
     float **bn_mean, **bn_invstd;
+    float **qin;                /* int8 layers: the fake-quantized input */
+    uint8_t *qused;             /* 1: the latest forward used qin for this node */
     int32_t **argmax;
     uint8_t *zeroed, *seeded, *active, *rg;
     float *work;
-    float *act_block, *grad_block, *stat_block;
+    float *act_block, *grad_block, *stat_block, *q_block;
     int32_t *idx_block;
     size_t *numel;              /* per-sample output size of each node */
     int n_nodes;
@@ -48,15 +53,17 @@ int fs_run_create(fs_run **out, const fs_model *m, int max_batch, fs_diag *d)
     r->bn_mean = calloc((size_t)n, sizeof(float *));
     r->bn_invstd = calloc((size_t)n, sizeof(float *));
     r->argmax = calloc((size_t)n, sizeof(int32_t *));
+    r->qin = calloc((size_t)n, sizeof(float *));
+    r->qused = calloc((size_t)n, 1);
     r->zeroed = calloc((size_t)n, 1);
     r->seeded = calloc((size_t)n, 1);
     r->active = calloc((size_t)n, 1);
     r->rg = calloc((size_t)n, 1);
     r->numel = calloc((size_t)n, sizeof(size_t));
     if (!r->numel || !r->out || !r->dout || !r->bn_mean || !r->bn_invstd || !r->argmax || !r->zeroed ||
-        !r->seeded || !r->active || !r->rg)
+        !r->seeded || !r->active || !r->rg || !r->qin || !r->qused)
         goto oom;
-    size_t act = 0, stats = 0, idx = 0, work = 0;
+    size_t act = 0, stats = 0, idx = 0, work = 0, qact = 0;
     for (int i = 0; i < n; i++) {
         const fs_node *nd = &m->nodes[i];
         act += fs_align_up((size_t)max_batch * fs_node_numel(m, i), 16);
@@ -64,6 +71,8 @@ int fs_run_create(fs_run **out, const fs_model *m, int max_batch, fs_diag *d)
             stats += 2 * fs_align_up((size_t)nd->C, 16);
         if (nd->op == FS_NODE_MAXPOOL)
             idx += fs_align_up((size_t)max_batch * fs_node_numel(m, i), 16);
+        if (nd->q[1] >= 0)
+            qact += fs_align_up((size_t)max_batch * fs_node_numel(m, nd->in0), 16);
         if (nd->op == FS_NODE_CONV) {
             size_t w = conv_work(nd, max_batch);
             if (w > work)
@@ -75,9 +84,11 @@ int fs_run_create(fs_run **out, const fs_model *m, int max_batch, fs_diag *d)
     r->stat_block = fs_alloc((stats + 16) * sizeof(float));
     r->idx_block = fs_alloc((idx + 16) * sizeof(int32_t));
     r->work = fs_alloc((work + 16) * sizeof(float));
-    if (!r->act_block || !r->grad_block || !r->stat_block || !r->idx_block || !r->work)
+    r->q_block = fs_alloc((qact + 16) * sizeof(float));
+    if (!r->act_block || !r->grad_block || !r->stat_block || !r->idx_block || !r->work ||
+        !r->q_block)
         goto oom;
-    float *a = r->act_block, *g = r->grad_block, *s = r->stat_block;
+    float *a = r->act_block, *g = r->grad_block, *s = r->stat_block, *qa = r->q_block;
     int32_t *ix = r->idx_block;
     for (int i = 0; i < n; i++) {
         const fs_node *nd = &m->nodes[i];
@@ -97,6 +108,10 @@ int fs_run_create(fs_run **out, const fs_model *m, int max_batch, fs_diag *d)
             r->argmax[i] = ix;
             ix += sz;
         }
+        if (nd->q[1] >= 0) {
+            r->qin[i] = qa;
+            qa += fs_align_up((size_t)max_batch * fs_node_numel(m, nd->in0), 16);
+        }
     }
     *out = r;
     return 0;
@@ -114,6 +129,8 @@ void fs_run_free(fs_run *r)
     free(r->bn_mean);
     free(r->bn_invstd);
     free(r->argmax);
+    free(r->qin);
+    free(r->qused);
     free(r->zeroed);
     free(r->seeded);
     free(r->active);
@@ -124,6 +141,7 @@ void fs_run_free(fs_run *r)
     fs_free(r->stat_block);
     fs_free(r->idx_block);
     fs_free(r->work);
+    fs_free(r->q_block);
     free(r);
 }
 
@@ -140,6 +158,32 @@ static const float *input_of(const fs_run *r, int node)
 static float *param(fs_model *m, int idx)
 {
     return idx >= 0 ? m->params[idx].data : NULL;
+}
+
+void fs_fake_quant_u8(float *y, const float *x, size_t n, float s, float z)
+{
+    FS_ASSERT(s > 0);
+    for (size_t i = 0; i < n; i++) {
+        float q = rintf(x[i] / s) + z;
+        q = q < 0.0f ? 0.0f : q > 255.0f ? 255.0f : q;
+        y[i] = (q - z) * s;
+    }
+}
+
+/* The input a CONV/LINEAR node computes on: fake-quantized for a calibrated int8 layer. */
+static const float *layer_input(fs_run *r, fs_model *m, int i, int N)
+{
+    const fs_node *n = &m->nodes[i];
+    const float *in = input_of(r, n->in0);
+    r->qused[i] = 0;
+    if (n->q[1] < 0)
+        return in;
+    float s = m->params[n->q[1]].data[0], z = m->params[n->q[2]].data[0];
+    if (!(s > 0))
+        return in;      /* not calibrated yet: the float input (calibration itself runs so) */
+    fs_fake_quant_u8(r->qin[i], in, (size_t)N * fs_node_numel(m, n->in0), s, z);
+    r->qused[i] = 1;
+    return r->qin[i];
 }
 
 void fs_run_forward_until(fs_run *r, fs_model *m, const float *x, int N, fs_mode mode, int last)
@@ -161,6 +205,7 @@ void fs_run_forward_until(fs_run *r, fs_model *m, const float *x, int N, fs_mode
         case FS_NODE_CONV: {
             fs_conv2d_shape s = n->conv;
             s.N = N;
+            in = layer_input(r, m, i, N);
             fs_conv2d_forward(y, in, param(m, n->p[0]), param(m, n->p[1]), r->work, &s);
             break;
         }
@@ -194,6 +239,7 @@ void fs_run_forward_until(fs_run *r, fs_model *m, const float *x, int N, fs_mode
             break;
         }
         case FS_NODE_LINEAR:
+            in = layer_input(r, m, i, N);
             fs_linear_forward(y, in, param(m, n->p[0]), param(m, n->p[1]), N, n->in_features,
                               n->out_features);
             break;
@@ -255,7 +301,7 @@ void fs_run_backward(fs_run *r, fs_model *m)
             continue;
         const fs_node *n = &m->nodes[i];
         const float *dy = r->dout[i];
-        const float *in = input_of(r, n->in0);
+        const float *in = r->qused[i] ? r->qin[i] : input_of(r, n->in0);
         float *din = NULL;
         if (n->in0 >= 0 && r->rg[n->in0]) {
             din = grad_buf(r, n->in0);

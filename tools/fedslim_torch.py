@@ -9,8 +9,15 @@ A fedslim model is a safetensors file: tensors under torchvision state_dict name
 architecture as JSON under __metadata__["fedslim.arch"] (docs/model-format.md). This module builds
 the matching torch.nn.Module from that JSON -- ResNets (BasicBlock / Bottleneck, CIFAR or ImageNet
 stem, any depths and per-block widths, blocks dropped and renumbered, factorized "<name>.0/.1"
-layers) and MLPs -- and loads the weights with load_state_dict(strict=True), so every tensor must
-match. It needs only torch and the standard library (no `safetensors` package).
+layers, int8 and N:M-sparse layers) and MLPs -- and loads the weights with
+load_state_dict(strict=True), so every tensor must match. It needs only torch and the standard
+library (no `safetensors` package).
+
+int8 layers ("qbits": 8) run as fedslim runs them: the weight is dequantized (I8 code x
+weight_scale per output channel), the layer's batch norm is folded into its bias, and its input is
+fake-quantized to uint8 with input_scale / input_zero_point, rounding half to even as fedslim does.
+N:M layers ("nm": [N, M]) store only the kept weights plus "<name>.weight_nm_index"; they are
+decompressed to dense weights with zeros.
 
 Command line (used by the tests):
     fedslim_torch.py MODEL.safetensors --eval-idx IMAGES.gz LABELS.gz [--limit N]
@@ -49,19 +56,62 @@ def read_safetensors(path):
     return tensors, meta
 
 
+def fake_quant_u8(x, scale, zero_point):
+    """(clamp(round(x / s) + z, 0, 255) - z) * s: fedslim's uint8 input quantization."""
+    return (torch.clamp(torch.round(x / scale) + zero_point, 0, 255) - zero_point) * scale
+
+
+class _QuantInput:
+    def _quant_buffers(self, out):
+        self.register_buffer("weight_scale", torch.ones(out))
+        self.register_buffer("input_scale", torch.ones(1))
+        self.register_buffer("input_zero_point", torch.zeros(1))
+
+    def _q(self, x):
+        return fake_quant_u8(x, self.input_scale, self.input_zero_point)
+
+
+class QConv2d(nn.Conv2d, _QuantInput):
+    """An int8 conv (weights already dequantized) with a fake-quantized uint8 input."""
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._quant_buffers(self.out_channels)
+
+    def forward(self, x):
+        return super().forward(self._q(x))
+
+
+class QLinear(nn.Linear, _QuantInput):
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._quant_buffers(self.out_features)
+
+    def forward(self, x):
+        return super().forward(self._q(x))
+
+
 def _conv(cin, cout, k, stride, pad, opts):
-    rank = (opts or {}).get("rank", 0)
-    if rank:
-        return nn.Sequential(nn.Conv2d(cin, rank, k, stride, pad, bias=False),
-                             nn.Conv2d(rank, cout, 1, 1, 0, bias=False))
-    return nn.Conv2d(cin, cout, k, stride, pad, bias=False)
+    opts = opts or {}
+    rank, q8 = opts.get("rank", 0), opts.get("qbits") == 8
+    conv = QConv2d if q8 else nn.Conv2d
+    if rank:       # an int8 layer's folded batch norm is the bias of its last factor
+        return nn.Sequential(conv(cin, rank, k, stride, pad, bias=False),
+                             conv(rank, cout, 1, 1, 0, bias=q8))
+    return conv(cin, cout, k, stride, pad, bias=q8)
+
+
+def _bn(width, opts):
+    """The batch norm after a conv, or nothing if it was folded into an int8 conv."""
+    return nn.Identity() if (opts or {}).get("qbits") == 8 else nn.BatchNorm2d(width)
 
 
 def _linear(cin, cout, opts):
-    rank = (opts or {}).get("rank", 0)
+    opts = opts or {}
+    rank = opts.get("rank", 0)
+    lin = QLinear if opts.get("qbits") == 8 else nn.Linear
     if rank:
-        return nn.Sequential(nn.Linear(cin, rank, bias=False), nn.Linear(rank, cout))
-    return nn.Linear(cin, cout)
+        return nn.Sequential(lin(cin, rank, bias=False), lin(rank, cout))
+    return lin(cin, cout)
 
 
 class BasicBlock(nn.Module):
@@ -70,13 +120,13 @@ class BasicBlock(nn.Module):
         opts = b.get("conv", [{}, {}])
         mid = b["mid"][0]
         self.conv1 = _conv(cin, mid, 3, b["stride"], 1, opts[0])
-        self.bn1 = nn.BatchNorm2d(mid)
+        self.bn1 = _bn(mid, opts[0])
         self.conv2 = _conv(mid, width, 3, 1, 1, opts[1])
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = _bn(width, opts[1])
         self.downsample = None
         if b["downsample"]:
             self.downsample = nn.Sequential(_conv(cin, width, 1, b["stride"], 0, b.get("ds")),
-                                            nn.BatchNorm2d(width))
+                                            _bn(width, b.get("ds")))
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -90,15 +140,15 @@ class Bottleneck(nn.Module):
         opts = b.get("conv", [{}, {}, {}])
         m1, m2 = b["mid"]
         self.conv1 = _conv(cin, m1, 1, 1, 0, opts[0])
-        self.bn1 = nn.BatchNorm2d(m1)
+        self.bn1 = _bn(m1, opts[0])
         self.conv2 = _conv(m1, m2, 3, b["stride"], 1, opts[1])
-        self.bn2 = nn.BatchNorm2d(m2)
+        self.bn2 = _bn(m2, opts[1])
         self.conv3 = _conv(m2, width, 1, 1, 0, opts[2])
-        self.bn3 = nn.BatchNorm2d(width)
+        self.bn3 = _bn(width, opts[2])
         self.downsample = None
         if b["downsample"]:
             self.downsample = nn.Sequential(_conv(cin, width, 1, b["stride"], 0, b.get("ds")),
-                                            nn.BatchNorm2d(width))
+                                            _bn(width, b.get("ds")))
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -114,7 +164,7 @@ class ResNet(nn.Module):
         imagenet = a["stem"] == "imagenet"
         self.conv1 = _conv(c, a["stem_width"], 7 if imagenet else 3, 2 if imagenet else 1,
                            3 if imagenet else 1, a.get("stem_opts"))
-        self.bn1 = nn.BatchNorm2d(a["stem_width"])
+        self.bn1 = _bn(a["stem_width"], a.get("stem_opts"))
         self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else None
         block = BasicBlock if a["block"] == "basic" else Bottleneck
         cin = a["stem_width"]
@@ -163,18 +213,53 @@ def build(arch):
     if arch.get("version") != 1:
         raise ValueError("fedslim.arch version %r is not supported (this reads 1)"
                          % arch.get("version"))
-    for layer in _layer_opts(arch):
-        if layer.get("qbits") or layer.get("nm"):
-            raise ValueError("int8 and N:M layers are not supported by this loader yet")
+    for layer in _layer_opts(arch).values():
+        if layer.get("qbits") not in (None, 0, 8):
+            raise ValueError("qbits %r is not supported (8 only)" % layer.get("qbits"))
     return ResNet(arch) if arch["type"] == "resnet" else MLP(arch)
 
 
 def _layer_opts(arch):
-    out = [arch.get("stem_opts") or {}, arch.get("fc_opts") or {}]
-    for st in arch.get("stages", []):
-        for b in st["blocks"]:
-            out += b.get("conv", []) + [b.get("ds") or {}]
-    return out + list(arch.get("layers") or [])
+    """module name -> layer options, for every conv / linear layer of the architecture"""
+    if arch["type"] != "resnet":
+        return {"fc%d" % (i + 1): o or {} for i, o in enumerate(arch.get("layers") or [])}
+    out = {"conv1": arch.get("stem_opts") or {}, "fc": arch.get("fc_opts") or {}}
+    for s, st in enumerate(arch.get("stages", [])):
+        for i, b in enumerate(st["blocks"]):
+            for k, o in enumerate(b.get("conv", [])):
+                out["layer%d.%d.conv%d" % (s + 1, i, k + 1)] = o or {}
+            out["layer%d.%d.downsample.0" % (s + 1, i)] = b.get("ds") or {}
+    return out
+
+
+def _unpack(tensors, arch, expected):
+    """Stored layers -> dense float tensors: I8 weights x weight_scale, N:M kept values placed at
+    their positions (weight_nm_index) among zeros."""
+    opts = _layer_opts(arch)
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(".weight_nm_index"):
+            continue
+        if name.endswith(".weight") and t.dtype == torch.int8:
+            scale = tensors[name[:-len("weight")] + "weight_scale"].float()
+            t = t.float() * scale.view(-1, *([1] * (t.dim() - 1)))
+        index = tensors.get(name + "_nm_index")
+        if index is not None:
+            module = name[:-len(".weight")]
+            o = opts.get(module) or opts.get(module.rsplit(".", 1)[0]) or {}
+            n, m = o["nm"]
+            shape = expected[name].shape
+            oc, kept = t.shape
+            groups = kept // n
+            # positions packed b bits each (b = 1, 2, 4 or 8), low bits first, rows byte-aligned
+            b = 1 if m <= 2 else 2 if m <= 4 else 4 if m <= 16 else 8
+            bit = torch.arange(kept) * b
+            pos = (index.long()[:, bit // 8] >> (bit % 8)) & ((1 << b) - 1)
+            dense = torch.zeros(oc, groups, m, dtype=torch.float32)
+            dense.scatter_(2, pos.view(oc, groups, n), t.float().view(oc, groups, n))
+            t = dense.view(shape)
+        out[name] = t
+    return out
 
 
 def load(path):
@@ -184,6 +269,7 @@ def load(path):
         raise ValueError("%s: no fedslim.arch metadata (a plain state_dict?)" % path)
     arch = json.loads(meta["fedslim.arch"])
     model = build(arch)
+    tensors = _unpack(tensors, arch, model.state_dict())
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     for k, v in model.state_dict().items():   # PyTorch keeps a counter fedslim does not store
         if k.endswith("num_batches_tracked") and k not in state:

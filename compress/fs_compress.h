@@ -195,7 +195,8 @@ typedef struct {
 } fs_lowrank_config;
 void fs_lowrank_defaults(fs_lowrank_config *c);
 
-/* The smallest r in 1..n with sum_{i<r} s_i^2 >= e * sum s_i^2 (s descending, n >= 1). */
+/* The smallest r in 1..n whose first r squared singular values hold >= e of the total
+ * (s descending, n >= 1; 1 for an all-zero s). */
 int fs_lowrank_energy_rank(const double *s, int n, double e);
 
 /* Factorizes the named layers at the given ranks (1..min(OC, C*KH*KW)), with no cost test:

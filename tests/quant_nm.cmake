@@ -1,1 +1,2 @@
 fs_test(test_quant_nm LIBS fs_compress LABELS unit compress)
+fs_script_test(test_torch_export COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/test_torch_export.sh LABELS integration model)

@@ -2,14 +2,17 @@
 #   deps   install missing Debian packages (scripts/install-deps.sh)
 #   build  optimised build in build/ (binaries in build/bin/)
 #   check  -Werror + AddressSanitizer/UndefinedBehaviorSanitizer build in build/check, all tests,
-#          then the libFuzzer targets (clang) in build/fuzz for a bounded time
+#          then the libFuzzer targets (clang) in build/fuzz for a bounded time, then (as root)
+#          check-netns
+#   check-netns  multi-host rehearsal in network namespaces on build/check's binaries
+#          (tests/test_netns.sh); skips with a message when not root or without `ip netns`
 #   demo   build, then run the demo job (scripts/demo.sh)
 #   bench  build, then run the benchmarks; writes bench/results.json
 #   package  build with prefix /usr, then cpack: build/fedslim_<version>_amd64.deb (packaging/)
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build check check-unit check-fuzz demo bench package clean
+.PHONY: all deps build check check-unit check-fuzz check-netns demo bench package clean
 
 all: build
 
@@ -20,19 +23,31 @@ build: deps
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DFEDSLIM_WERROR=ON $(CMAKE_FLAGS) >/dev/null
 	cmake --build build -j$(JOBS)
 
-check: deps check-unit check-fuzz
+check: deps check-unit check-fuzz check-netns
 
 check-unit:
 	cmake -S . -B build/check -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFEDSLIM_WERROR=ON \
 	      -DFEDSLIM_SANITIZE=address,undefined $(CMAKE_FLAGS) >/dev/null
 	cmake --build build/check -j$(JOBS)
-	cd build/check && ctest --output-on-failure -j$(JOBS) -LE fuzz
+	cd build/check && ctest --output-on-failure -j$(JOBS) -LE 'fuzz|netns'
 
 check-fuzz:
 	cmake -S . -B build/fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	      -DFEDSLIM_FUZZ=ON -DFEDSLIM_SANITIZE=address,undefined $(CMAKE_FLAGS) >/dev/null
 	cmake --build build/fuzz -j$(JOBS) --target fuzz_all
 	cd build/fuzz && ctest --output-on-failure -L fuzz
+
+check-netns:
+	@if [ "$$(id -u)" != 0 ]; then \
+	    echo "check-netns: skipped: the multi-host rehearsal needs root (network namespaces)"; \
+	elif ! ip netns list > /dev/null 2>&1; then \
+	    echo "check-netns: skipped: 'ip netns' is not available"; \
+	else \
+	    cmake -S . -B build/check -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFEDSLIM_WERROR=ON \
+	          -DFEDSLIM_SANITIZE=address,undefined $(CMAKE_FLAGS) > /dev/null && \
+	    cmake --build build/check -j$(JOBS) --target fedslim fedslim-coordinator fedslim-agent fedslimctl && \
+	    cd build/check && ctest -V --no-tests=error -L netns; \
+	fi
 
 demo: build
 	./scripts/demo.sh

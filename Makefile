@@ -8,11 +8,13 @@
 #          (tests/test_netns.sh); skips with a message when not root or without `ip netns`
 #   demo   build, then run the demo job (scripts/demo.sh)
 #   bench  build, then run the benchmarks; writes bench/results.json
+#   bench-fewshot  build, then few-shot block dropping on a Fashion-MNIST teacher (bench/fewshot.sh;
+#          slow), appended to bench/results.json
 #   package  build with prefix /usr, then cpack: build/fedslim_<version>_amd64.deb (packaging/)
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build check check-unit check-fuzz check-netns demo bench package clean
+.PHONY: all deps build check check-unit check-fuzz check-netns demo bench bench-fewshot package clean
 
 all: build
 
@@ -54,6 +56,9 @@ demo: build
 
 bench: build
 	./bench/run.sh
+
+bench-fewshot: build
+	./bench/fewshot.sh
 
 package: build
 	cmake -S . -B build -DCMAKE_INSTALL_PREFIX=/usr >/dev/null

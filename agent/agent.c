@@ -299,7 +299,7 @@ static void on_compute(agent *a, const fs_wire_msg *req)
     if (rc) {
         fs_log_kv(FS_LOG_WARNING, "compute request failed", "JOB", a->job, "KIND",
                   req->u.compute_req.kind, "REASON", fs_diag_text(&d, rc), NULL);
-        send_error(a, req, "compute", fs_diag_text(&d, rc));
+        send_error(a, req, rc == FS_EDIVERGED ? "diverged" : "compute", fs_diag_text(&d, rc));
         return;
     }
     snprintf(reply.job, sizeof reply.job, "%s", req->job);

@@ -103,7 +103,9 @@ typedef struct {
     double loss_before;         /* the same without adaptor training */
     double latency_saved_pct;   /* (lat_teacher - lat_without_b) / lat_teacher * 100 */
     double score;               /* R / latency_saved_pct, lower = drop first */
+    int diverged;               /* adaptor training diverged: R and score are FS_SCORE_DIVERGED */
 } fs_block_score;
+#define FS_SCORE_DIVERGED 1e30
 
 /* The architecture with the named teacher blocks removed (later blocks renumbered, their origin
  * recorded). FS_EINVAL if a name is not a droppable block (identity shortcut). */

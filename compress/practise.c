@@ -24,6 +24,13 @@ void fs_practise_defaults(fs_practise_config *c)
     c->latency_reps = 5;
 }
 
+static int measure_latency(const fs_practise_config *c, double *sec, fs_model *m, fs_diag *d)
+{
+    if (c->latency)
+        return c->latency(c->latency_ud, sec, m, c->latency_batch, c->latency_reps, d);
+    return fs_latency(sec, m, c->latency_batch, c->latency_reps, d);
+}
+
 static void block_name(char *buf, size_t n, int stage, int index)
 {
     snprintf(buf, n, "layer%d.%d", stage + 1, index);
@@ -138,7 +145,7 @@ int fs_practise_score(fs_source *src, fs_model *teacher, const fs_practise_confi
 {
     *n_scores = 0;
     double lat_t;
-    int rc = fs_latency(&lat_t, teacher, c->latency_batch, c->latency_reps, d);
+    int rc = measure_latency(c, &lat_t, teacher, d);
     if (rc)
         return rc;
     for (int k = 0; k < teacher->n_blocks; k++) {
@@ -158,7 +165,7 @@ int fs_practise_score(fs_source *src, fs_model *teacher, const fs_practise_confi
         if ((rc = fs_student_from_teacher(&plain, &sa, teacher, NULL, 0, d)) != 0)
             return rc;
         double lat_s;
-        rc = fs_latency(&lat_s, plain, c->latency_batch, c->latency_reps, d);
+        rc = measure_latency(c, &lat_s, plain, d);
         fs_model_free(plain);
         if (rc)
             return rc;
@@ -191,12 +198,21 @@ int fs_practise_score(fs_source *src, fs_model *teacher, const fs_practise_confi
         rcfg.seed = c->seed;
         rcfg.pad = c->pad;
         rcfg.hflip = c->hflip;
+        rcfg.hooks = c->hooks;
         char phase[64];
         snprintf(phase, sizeof phase, "score %s", bi->name);
         rc = fs_recover(src, st, &rcfg, phase, progress, ud, NULL, d);
         if (rc == 0)
             rc = fs_objective_mean(src, st, FS_OBJ_MIMIC, 0, &sc->recoverability, d);
         fs_model_free(st);
+        if (rc == FS_EDIVERGED) {
+            /* the adaptors could not be trained at this learning rate: the block is treated as
+               unrecoverable (it is chosen last), and scoring goes on */
+            sc->recoverability = FS_SCORE_DIVERGED;
+            sc->score = FS_SCORE_DIVERGED;
+            sc->diverged = 1;
+            continue;
+        }
         if (rc)
             return rc;
         double saved = sc->latency_saved_pct > 1e-3 ? sc->latency_saved_pct : 1e-3;

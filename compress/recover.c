@@ -18,6 +18,7 @@ static int cmp_double(const void *a, const void *b)
 
 int fs_latency(double *sec, fs_model *m, int batch, int reps, fs_diag *d)
 {
+    *sec = 0;
     if (batch <= 0 || reps <= 0 || reps > 1000)
         return fs_diag_set(d, FS_EINVAL, "latency: batch and reps must be positive");
     fs_run *r = NULL;
@@ -94,8 +95,12 @@ int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, co
         return rc;
     if ((rc = fs_source_set_student(src, student, d)) != 0)
         goto done;
+    long start = 0;
+    if (c->hooks && c->hooks->resume &&
+        (rc = c->hooks->resume(c->hooks->ud, student, opt, c->iterations, &start, d)) != 0)
+        goto done;
     double t0 = fs_now_sec(), loss = 0;
-    for (long it = 0; it < c->iterations; it++) {
+    for (long it = start; it < c->iterations; it++) {
         fs_loss_req req = {.objective = c->objective, .temperature = c->temperature,
                            .mode = c->mode, .want_grad = 1,
                            .sample = {.batch = c->batch, .seed = c->seed, .step = it,
@@ -111,7 +116,7 @@ int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, co
         grads_to_mean(student, ls.count);
         loss = ls.loss_sum / (double)ls.count;
         if (!isfinite(loss)) {
-            rc = fs_diag_set(d, FS_EINVAL, "%s: loss diverged (%g) at step %ld; lower the "
+            rc = fs_diag_set(d, FS_EDIVERGED, "%s: loss diverged (%g) at step %ld; lower the "
                              "learning rate", phase, loss, it);
             goto done;
         }
@@ -121,10 +126,14 @@ int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, co
         fs_optimizer_step(opt, student, lr);
         if (c->after_step)
             c->after_step(c->after_step_ud, student, it, lr);
-        if (progress && (it % 10 == 9 || it == c->iterations - 1 || it == 0)) {
+        if (c->hooks && c->hooks->checkpoint &&
+            (rc = c->hooks->checkpoint(c->hooks->ud, student, opt, it + 1, c->iterations, loss,
+                                       d)) != 0)
+            goto done;
+        if (progress && (it % 10 == 9 || it == c->iterations - 1 || it == start)) {
             double el = fs_now_sec() - t0;
             progress(ud, phase, it + 1, c->iterations, loss,
-                     el / (double)(it + 1) * (double)(c->iterations - it - 1));
+                     el / (double)(it + 1 - start) * (double)(c->iterations - it - 1));
         }
     }
     if (final_loss)

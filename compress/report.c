@@ -53,11 +53,11 @@ json_t *fs_report_json(const fs_pipeline_config *c, const fs_pipeline_output *o,
     json_t *scores = json_array();
     for (int i = 0; i < o->n_scores; i++) {
         const fs_block_score *s = &o->scores[i];
-        json_array_append_new(scores, json_pack("{s:s,s:f,s:f,s:f,s:f}", "block", s->name,
+        json_array_append_new(scores, json_pack("{s:s,s:f,s:f,s:f,s:f,s:b}", "block", s->name,
                                                 "recoverability", s->recoverability,
                                                 "loss_before", s->loss_before,
                                                 "latency_saved_pct", s->latency_saved_pct,
-                                                "score", s->score));
+                                                "score", s->score, "diverged", s->diverged));
     }
     json_object_set_new(root, "block_scores", scores);
     json_t *arr = json_array();

@@ -388,12 +388,18 @@ void job_on_agent_message(coord *c, const char *agent, const fs_wire_msg *m)
                 char why[300];
                 snprintf(why, sizeof why, "bad reply: %s", c->ex.err.msg);
                 job_agent_left(c, j, agent, why);
-                c->ex.failed = 1;   /* the sum is now incomplete: the round is repeated */
+                c->ex.failed = FS_EPROTO;   /* the sum is now incomplete: the round fails */
             }
         }
         break;
     case FS_MSG_ERROR:
-        if (ja->state == JA_ACTIVE) {
+        if (ja->state == JA_ACTIVE && !strcmp(m->u.error.code, "diverged") && c->ex.active &&
+            m->round == c->ex.round) {
+            /* a property of the weights, not of the agent: the round fails, the agent stays */
+            ja->replied = 1;
+            c->ex.failed = FS_EDIVERGED;
+            fs_diag_set(&c->ex.err, FS_EDIVERGED, "agent %s: %s", agent, m->u.error.text);
+        } else if (ja->state == JA_ACTIVE) {
             char why[300];
             snprintf(why, sizeof why, "error %s: %s", m->u.error.code, m->u.error.text);
             job_agent_left(c, j, agent, why);
@@ -467,7 +473,8 @@ static int exchange(void *ud, fs_wire_msg *req, fs_fed_reply_fn fn, void *cb_ud,
     if (j->cancel)
         return fs_diag_set(d, FS_ECANCELED, "canceled");
     if (c->ex.failed)
-        return fs_diag_set(d, FS_EPROTO, "round %u: %s", j->round, c->ex.err.msg);
+        return fs_diag_set(d, c->ex.failed == FS_EDIVERGED ? FS_EDIVERGED : FS_EPROTO,
+                           "round %u: %s", j->round, c->ex.err.msg);
     if (job_active(j) < job_quorum(j))
         return fs_diag_set(d, FS_ETIMEDOUT, "round %u: only %d agent%s answered, below the quorum "
                            "of %d", j->round, job_active(j), job_active(j) == 1 ? "" : "s",

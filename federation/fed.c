@@ -2,6 +2,7 @@
  * fed.c — the engine's data requests as COMPUTE_REQ/COMPUTE_REPLY: the federated fs_source
  * (coordinator) and the request server (agent). See fs_fed.h for the message contents.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -780,6 +781,9 @@ int fs_fed_serve(fs_fed_agent *a, const fs_wire_msg *req, fs_wire_msg *reply, fs
         fs_model_zero_grad(m);
         if ((rc = fs_local_loss(a->L, m, &q, total, &ls, d)) != 0)
             return rc;
+        if (!isfinite(ls.loss_sum))
+            return fs_diag_set(d, FS_EDIVERGED, "the loss is not finite at these weights "
+                               "(training diverged)");
         reply_init(reply, (uint64_t)ls.count);
         scalar(a, reply, "loss_sum", ls.loss_sum);
         if (want) {

@@ -24,6 +24,7 @@ enum {
     FS_ENOTFOUND = -10,
     FS_EUNSUPPORTED = -11,
     FS_EAGAIN = -12,
+    FS_EDIVERGED = -13,    /* a training loss became non-finite */
 };
 
 #define FS_MUST_CHECK __attribute__((warn_unused_result))

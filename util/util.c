@@ -29,6 +29,7 @@ const char *fs_strerror(int code)
     case FS_ENOTFOUND: return "not found";
     case FS_EUNSUPPORTED: return "unsupported";
     case FS_EAGAIN: return "try again";
+    case FS_EDIVERGED: return "training diverged";
     default: return "unknown error";
     }
 }

@@ -144,9 +144,9 @@ done
 # ---- helpers --------------------------------------------------------------------------------------
 # wait_for DESCRIPTION SECONDS COMMAND...: polls every 0.2 s
 wait_for() {
-    local what=$1 secs=$2 i
+    local what=$1 secs=$2
     shift 2
-    for i in $(seq $((secs * 5))); do
+    for _ in $(seq $((secs * 5))); do
         "$@" && return 0
         sleep 0.2
     done
@@ -396,7 +396,7 @@ write_job rehearsal-a 6 0 20s
 t=$(date +%s)
 JOB_A=$(ctl submit "$CROOT/srv/rehearsal-a.ini") || fail "fedslimctl submit job A"
 wait_for "job A to finish" 120 job_finished "$JOB_A"
-[ "$(job_state "$JOB_A")" = done ] || fail "job A ended $(job_state "$JOB_A"): $(job_field "$JOB_A" "['error']")"
+[ "$(job_state "$JOB_A")" = "done" ] || fail "job A ended $(job_state "$JOB_A"): $(job_field "$JOB_A" "['error']")"
 REP_A=$CROOT/var/lib/fedslim/jobs/$JOB_A/report.json
 [ -f "$REP_A" ] || fail "job A has no $REP_A"
 "$PY" - "$REP_A" << 'EOF' || fail "job A's report"
@@ -474,7 +474,7 @@ ip -n "${NS[site-a]}" link set eth0 up || fail "ip link set up"
 note "site-a: link eth0 up again after $(($(date +%s) - T_DOWN)) s"
 
 wait_for "job B to finish" 150 job_finished "$JOB_B"
-[ "$(job_state "$JOB_B")" = done ] || fail "job B ended $(job_state "$JOB_B"): $(job_field "$JOB_B" "['error']")"
+[ "$(job_state "$JOB_B")" = "done" ] || fail "job B ended $(job_state "$JOB_B"): $(job_field "$JOB_B" "['error']")"
 REP_B=$CROOT/var/lib/fedslim/jobs/$JOB_B/report.json
 note "job B ($JOB_B): done in $(($(date +%s) - t)) s; agents in the report:"
 "$PY" - "$REP_B" "$LOGS/coord.log" "$X_DOWN" "$X_CUT" << 'EOF' || fail "job B's report"

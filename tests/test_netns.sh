@@ -83,7 +83,7 @@ cleanup() {
     local rc=$? p ns left
     trap - EXIT INT TERM
     # the agents first, while the coordinator still answers (an agent whose coordinator is
-    # gone takes up to ~15 s to stop: see docs/operations.md §15), then the others
+    # gone mid-job can take more than 10 s to stop: docs/operations.md §15), then the others
     local group
     for group in "${PID[site-a]:-} ${PID[site-b]:-} ${PID[site-c]:-}" "${PID[*]}"; do
         for p in $group; do kill -TERM "$p" 2> /dev/null; done

@@ -453,7 +453,7 @@ int fs_quant_calibrate(fs_source *src, fs_model *m, const fs_quant_config *cfg, 
     for (int j = 0; j < nh; j++) {
         const int64_t *h = counts + (size_t)j * (size_t)B;
         int k = hslot[j];
-        if (fs_calib_clip(h, B, hlo[j], hhi[j], &c, &ca[k], &cb[k], d) != 0) {
+        if (fs_calib_clip(h, B, hlo[j], hhi[j], &c, &ca[k], &cb[k], NULL) != 0) {
             ca[k] = fminf(hlo[j], 0);   /* no samples: the coarse range */
             cb[k] = fmaxf(hhi[j], 0);
         }

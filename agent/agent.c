@@ -104,9 +104,12 @@ static void send_hello(agent *a)
     m.u.hello.proto_max = FS_WIRE_PROTO_MAX;
     snprintf(m.u.hello.version, sizeof m.u.hello.version, "%s", FS_VERSION);
     snprintf(m.u.hello.site, sizeof m.u.hello.site, "%s", a->cfg.name);
-    static const char *const caps[] = {"loss", "moments", "hist", "eval", "drop-blocks"};
+    /* "holds.JOB": after a reconnect, the job this agent still serves (its state is intact) */
+    char holds[FS_WIRE_NAME_MAX + 1];
+    snprintf(holds, sizeof holds, "holds.%.50s", a->job);
+    const char *caps[6] = {"loss", "moments", "hist", "eval", "drop-blocks", holds};
     m.u.hello.caps = caps;
-    m.u.hello.n_caps = 5;
+    m.u.hello.n_caps = a->job_state == 2 ? 6 : 5;
     m.u.hello.n_samples = a->n_samples;
     m.u.hello.n_labeled = a->n_labeled;
     m.u.hello.classes = a->classes;

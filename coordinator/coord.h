@@ -102,6 +102,7 @@ typedef struct coord {
         uint32_t round;
         fs_fed_reply_fn fn;
         void *ud;
+        fs_wire_msg *req;           /* the request of this round (resent after a reconnect) */
         int failed;
         fs_diag err;
     } ex;
@@ -119,10 +120,12 @@ void coord_status(coord *c, int force);
 int job_submit(coord *c, const char *ini, size_t len, const char *source, char *id, fs_diag *d);
 void job_run_next(coord *c);
 void jobs_load(coord *c);
+void jobs_free(coord *c);
 job *job_find(coord *c, const char *id);
 const char *job_state_name(int s);
 void job_on_agent_message(coord *c, const char *agent, const fs_wire_msg *m);
 void job_agent_left(coord *c, job *j, const char *agent, const char *why);
+void job_resend_round(coord *c, const char *agent);
 
 /* ctl.c */
 json_t *coord_control(void *ud, const json_t *req);

@@ -105,6 +105,15 @@ static double unix_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static void job_free(job *j);
+
+void jobs_free(coord *c)
+{
+    for (int i = 0; i < c->n_jobs; i++)
+        job_free(c->jobs[i]);
+    c->n_jobs = 0;
+}
+
 static void job_free(job *j)
 {
     if (!j)
@@ -264,7 +273,7 @@ void jobs_load(coord *c)
         if (fs_read_file(path, FS_CFG_MAX_FILE, &ini, &il, &d) == 0 &&
             job_parse(c, (const char *)ini, il, path, &j, &d) == 0) {
             snprintf(j->id, sizeof j->id, "%s", names[i]);
-            snprintf(j->dir, sizeof j->dir, "%s/%s", dir, names[i]);
+            snprintf(j->dir, sizeof j->dir, "%.3000s/%.64s", dir, names[i]);
             snprintf(path, sizeof path, "%s/%s/state.json", dir, names[i]);
             if (fs_read_file(path, 1 << 20, &st, &sl, &d) == 0) {
                 json_error_t err;
@@ -373,7 +382,7 @@ void job_on_agent_message(coord *c, const char *agent, const fs_wire_msg *m)
     case FS_MSG_JOB_DECLINE:
         if (ja->state == JA_OFFERED || ja->state == JA_ACTIVE) {
             ja->state = JA_DECLINED;
-            snprintf(ja->reason, sizeof ja->reason, "declined: %s", m->u.job_reply.reason);
+            snprintf(ja->reason, sizeof ja->reason, "declined: %.200s", m->u.job_reply.reason);
             fs_log_kv(FS_LOG_WARNING, "agent declined the job", "JOB", j->id, "AGENT", agent,
                       "REASON", m->u.job_reply.reason, NULL);
         }
@@ -386,7 +395,7 @@ void job_on_agent_message(coord *c, const char *agent, const fs_wire_msg *m)
             int rc = c->ex.fn(c->ex.ud, agent, m, &c->ex.err);
             if (rc) {
                 char why[300];
-                snprintf(why, sizeof why, "bad reply: %s", c->ex.err.msg);
+                snprintf(why, sizeof why, "bad reply: %.280s", c->ex.err.msg);
                 job_agent_left(c, j, agent, why);
                 c->ex.failed = FS_EPROTO;   /* the sum is now incomplete: the round fails */
             }
@@ -399,9 +408,12 @@ void job_on_agent_message(coord *c, const char *agent, const fs_wire_msg *m)
             ja->replied = 1;
             c->ex.failed = FS_EDIVERGED;
             fs_diag_set(&c->ex.err, FS_EDIVERGED, "agent %s: %s", agent, m->u.error.text);
+        } else if (ja->state == JA_ACTIVE && m->round && c->ex.active && m->round != c->ex.round) {
+            fs_log_kv(FS_LOG_NOTICE, "late error about an earlier round ignored", "JOB", j->id,
+                      "AGENT", agent, "REASON", m->u.error.text, NULL);
         } else if (ja->state == JA_ACTIVE) {
             char why[300];
-            snprintf(why, sizeof why, "error %s: %s", m->u.error.code, m->u.error.text);
+            snprintf(why, sizeof why, "error %.60s: %.220s", m->u.error.code, m->u.error.text);
             job_agent_left(c, j, agent, why);
         }
         break;
@@ -411,6 +423,16 @@ void job_on_agent_message(coord *c, const char *agent, const fs_wire_msg *m)
 }
 
 /* ---- the federated transport ------------------------------------------------------------------ */
+
+void job_resend_round(coord *c, const char *agent)
+{
+    job *j = c->running;
+    job_agent *ja = j ? job_agent_find(j, agent) : NULL;
+    if (!ja || ja->state != JA_ACTIVE || !c->ex.active || ja->replied || !c->ex.req)
+        return;
+    /* the request may have been lost with the old connection; a duplicate answer is ignored */
+    coord_send(c, agent, c->ex.req);
+}
 
 typedef struct {
     coord *c;
@@ -439,6 +461,7 @@ static int exchange(void *ud, fs_wire_msg *req, fs_fed_reply_fn fn, void *cb_ud,
     c->ex.round = j->round;
     c->ex.fn = fn;
     c->ex.ud = cb_ud;
+    c->ex.req = req;
     c->ex.failed = 0;
     memset(&c->ex.err, 0, sizeof c->ex.err);
     for (int i = 0; i < j->n_agents; i++) {
@@ -456,7 +479,9 @@ static int exchange(void *ud, fs_wire_msg *req, fs_fed_reply_fn fn, void *cb_ud,
         int pending = 0;
         for (int i = 0; i < j->n_agents; i++)
             pending += j->agents[i].state == JA_ACTIVE && !j->agents[i].replied;
-        if (!pending || c->stopping || j->cancel || c->ex.failed)
+        /* a failed round still waits for the other agents' answers, so that none of them
+           arrives late into the next round */
+        if (!pending || c->stopping || j->cancel)
             break;
         uint64_t now = fs_now_usec();
         if (now >= deadline) {

@@ -103,9 +103,18 @@ static void on_hello(coord *c, const fs_link_peer *peer, const fs_wire_msg *m)
         a->classes[k] = m->u.hello.classes[k];
     if (!was)
         fs_log_kv(FS_LOG_INFO, "agent connected", "AGENT", a->name, "SITE", m->u.hello.site, NULL);
-    /* an agent that says hello again while it serves a job has restarted: its state is gone */
-    if (c->running && a->job[0] && !strcmp(a->job, c->running->id))
-        job_agent_left(c, c->running, a->name, "the agent restarted");
+    /* hello again while it serves a job: after a mere reconnect the agent still holds the job
+       ("holds.JOB" in its capabilities) and gets the current round again; an agent that
+       restarted has lost its state and leaves the job */
+    int holds = 0;
+    if (c->running && a->job[0] && !strcmp(a->job, c->running->id)) {
+        char want[FS_WIRE_NAME_MAX + 8];
+        snprintf(want, sizeof want, "holds.%.50s", c->running->id);
+        for (size_t k = 0; k < m->u.hello.n_caps; k++)
+            holds |= !strcmp(m->u.hello.caps[k], want);
+        if (!holds)
+            job_agent_left(c, c->running, a->name, "the agent restarted");
+    }
     fs_wire_msg w;
     memset(&w, 0, sizeof w);
     w.type = FS_MSG_WELCOME;
@@ -113,6 +122,11 @@ static void on_hello(coord *c, const fs_link_peer *peer, const fs_wire_msg *m)
     snprintf(w.u.welcome.agent, sizeof w.u.welcome.agent, "%s", a->name);
     w.u.welcome.heartbeat_ms = (uint32_t)(c->cfg.heartbeat_interval / 1000);
     coord_send(c, a->name, &w);
+    if (holds) {
+        fs_log_kv(FS_LOG_INFO, "agent reconnected and still holds the job", "AGENT", a->name,
+                  "JOB", c->running->id, NULL);
+        job_resend_round(c, a->name);
+    }
     coord_status(c, 1);
 }
 
@@ -224,6 +238,15 @@ int coord_pump(coord *c, int timeout_ms)
     return 0;
 }
 
+/* Frees everything main() allocated (the sanitizers' leak check runs at exit). */
+static int finish(coord *c, int status)
+{
+    jobs_free(c);
+    fs_coord_config_free(&c->cfg);
+    free(c);
+    return status;
+}
+
 static int usage(FILE *f, int status)
 {
     fprintf(f, "usage: fedslim-coordinator --config FILE [--check]\n"
@@ -250,16 +273,17 @@ int main(int argc, char **argv)
         else if (opt == 'k')
             check = 1;
         else if (opt == 'h')
-            return usage(stdout, 0);
+            return free(c), usage(stdout, 0);
         else
-            return usage(stderr, 2);
+            return free(c), usage(stderr, 2);
     }
     if (optind != argc)
-        return usage(stderr, 2);
+        return free(c), usage(stderr, 2);
     fs_diag d = {0};
     if (fs_coord_config_load(c->config_path, &c->cfg, &d) != 0) {
         fprintf(stderr, "fedslim-coordinator: %s\n", d.msg);
         fs_notify_failed(EINVAL, d.msg);
+        free(c);
         return 1;
     }
     fs_log_setup("fedslim-coordinator", fs_cfg_log_level(c->cfg.log_level));
@@ -270,12 +294,12 @@ int main(int argc, char **argv)
     if (rc) {
         fs_log_kv(FS_LOG_ERR, "cannot start", "REASON", d.msg, NULL);
         fs_notify_failed(EINVAL, d.msg);
-        return 1;
+        return finish(c, 1);
     }
     if (check) {
         sodium_memzero(sec, sizeof sec);
         printf("fedslim-coordinator: %s is valid\n", c->config_path);
-        return 0;
+        return finish(c, 0);
     }
     fs_threads_configure((int)c->cfg.threads);
     mkdir(c->cfg.state_dir, 0750);
@@ -284,7 +308,7 @@ int main(int argc, char **argv)
     mkdir(jobs_dir, 0750);
     if ((rc = fs_signals_install(&d)) != 0) {
         fs_log_kv(FS_LOG_ERR, "cannot install signal handlers", "REASON", d.msg, NULL);
-        return 1;
+        return finish(c, 1);
     }
     const char *rec = getenv("FS_RECORD_MESSAGES");
     if (rec && *rec)
@@ -306,7 +330,7 @@ int main(int argc, char **argv)
         fs_notify_failed(EINVAL, d.msg);
         fs_link_server_close(c->link);
         zmq_ctx_term(c->zctx);
-        return 1;
+        return finish(c, 1);
     }
     fs_watchdog_init(&c->wd, fs_now_usec());
     jobs_load(c);
@@ -344,5 +368,5 @@ int main(int argc, char **argv)
     if (c->record)
         fclose(c->record);
     fs_log_kv(FS_LOG_INFO, "stopped", NULL);
-    return 0;
+    return finish(c, 0);
 }

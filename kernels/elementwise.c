@@ -59,7 +59,12 @@ static void relu_bwd(float *restrict dx, const float *restrict dy, const float *
 {
 #pragma omp simd
     for (size_t i = lo; i < hi; i++)
-        dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+    {
+        /* load dy unconditionally: a conditional load kept gcc from vectorising this loop
+           (17% of a ResNet-20 training step in perf, bench/ finding) */
+        float g = dy[i];
+        dx[i] += y[i] > 0.0f ? g : 0.0f;
+    }
 }
 
 void fs_relu_backward(float *dx, const float *dy, const float *y, size_t n)

@@ -183,7 +183,15 @@ int fs_keys_load_secret(const char *path, fs_key secret, fs_key pub, fs_diag *d)
         close(fd);
         return fs_diag_set(d, FS_EIO, "%s: not a regular file", path);
     }
-    if (st.st_mode & 077) {
+    /* systemd's credentials directory is private to the unit; on its tmpfs fallback the key is
+       shared with the unit's user through an ACL, which shows as group bits (0440). There, only
+       "other" bits are refused. */
+    mode_t refuse = 077;
+    const char *cred = getenv("CREDENTIALS_DIRECTORY");
+    size_t cl = cred ? strlen(cred) : 0;
+    if (cl && !strncmp(path, cred, cl) && path[cl] == '/')
+        refuse = 007;
+    if (st.st_mode & refuse) {
         close(fd);
         return fs_diag_set(d, FS_EAUTH,
                            "%s: secret key is readable by group/other (mode %04o); "

@@ -349,6 +349,16 @@ static void recovery_lowers_the_objective(void **state)
     fs_model_free(s);
 }
 
+/* Latency proportional to FLOPs: deterministic, so the test does not depend on the load. */
+static int flops_latency(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d)
+{
+    (void)ud;
+    (void)reps;
+    (void)d;
+    *sec = 1e-9 * (double)fs_model_flops(m) * batch;
+    return 0;
+}
+
 static void practise_scores_and_choice(void **state)
 {
     fixture *f = *state;
@@ -363,6 +373,7 @@ static void practise_scores_and_choice(void **state)
     pc.batch = 0;
     pc.latency_batch = 8;
     pc.latency_reps = 3;
+    pc.latency = flops_latency;
     fs_block_score sc[16];
     int n = 0;
     assert_int_equal(fs_practise_score(src, f->teacher, &pc, sc, &n, NULL, NULL, &d), 0);

@@ -12,8 +12,7 @@
 
 #include "fs_pipeline.h"
 
-static fs_nm_config nm_defaults(const fs_nm_config *c)
-{
+static fs_nm_config nm_defaults(const fs_nm_config *c) {
     fs_nm_config r = {0};
     if (c)
         r = *c;
@@ -26,12 +25,11 @@ static fs_nm_config nm_defaults(const fs_nm_config *c)
     return r;
 }
 
-void fs_nm_mask_row(uint8_t *mask, const float *w, size_t K, int n, int m)
-{
+void fs_nm_mask_row(uint8_t *mask, const float *w, size_t K, int n, int m) {
     for (size_t g = 0; g + (size_t)m <= K; g += (size_t)m) {
         for (int j = 0; j < m; j++) {
             float aj = fabsf(w[g + (size_t)j]);
-            int rank = 0;       /* weights of the group ranked before j */
+            int rank = 0; /* weights of the group ranked before j */
             for (int k = 0; k < m; k++) {
                 float ak = fabsf(w[g + (size_t)k]);
                 rank += ak > aj || (ak == aj && k < j);
@@ -42,8 +40,7 @@ void fs_nm_mask_row(uint8_t *mask, const float *w, size_t K, int n, int m)
 }
 
 /* the layer options a plain node belongs to (factorized "x.0"/"x.1" -> "x") */
-static fs_layer_opts *opts_of(fs_arch *a, const char *node)
-{
+static fs_layer_opts *opts_of(fs_arch *a, const char *node) {
     fs_layer_opts *o = fs_arch_layer_opts(a, node);
     if (o)
         return o;
@@ -56,14 +53,12 @@ static fs_layer_opts *opts_of(fs_arch *a, const char *node)
     return fs_arch_layer_opts(a, nm);
 }
 
-static size_t reduction(const fs_model *m, const fs_node *n)
-{
+static size_t reduction(const fs_model *m, const fs_node *n) {
     const fs_param *w = &m->params[n->p[0]];
     return w->numel / (size_t)w->shape[0];
 }
 
-static void mask_node(fs_model *m, const fs_node *n, uint8_t *mask)
-{
+static void mask_node(fs_model *m, const fs_node *n, uint8_t *mask) {
     fs_param *w = &m->params[n->p[0]];
     size_t OC = (size_t)w->shape[0], K = w->numel / OC;
     for (size_t o = 0; o < OC; o++) {
@@ -75,8 +70,7 @@ static void mask_node(fs_model *m, const fs_node *n, uint8_t *mask)
 }
 
 int fs_nm_apply(fs_model **out, const fs_model *m, const fs_nm_config *cfg, int *n_layers,
-                fs_diag *d)
-{
+                fs_diag *d) {
     *out = NULL;
     fs_nm_config c = nm_defaults(cfg);
     if (!(c.n >= 1 && c.n < c.m && c.m <= 64))
@@ -104,7 +98,7 @@ int fs_nm_apply(fs_model **out, const fs_model *m, const fs_nm_config *cfg, int 
                     o->nm_m = c.m;
                 }
             } else if (o->nm_m && reduction(m, n) % (size_t)c.m != 0) {
-                o->nm_n = o->nm_m = 0;      /* K not a whole number of groups: stays dense */
+                o->nm_n = o->nm_m = 0; /* K not a whole number of groups: stays dense */
             }
         }
     }
@@ -135,8 +129,7 @@ int fs_nm_apply(fs_model **out, const fs_model *m, const fs_nm_config *cfg, int 
     return 0;
 }
 
-int fs_nm_check(const fs_model *m, fs_diag *d)
-{
+int fs_nm_check(const fs_model *m, fs_diag *d) {
     for (int i = 0; i < m->n_nodes; i++) {
         const fs_node *n = &m->nodes[i];
         if (!n->opts.nm_m || (n->op != FS_NODE_CONV && n->op != FS_NODE_LINEAR))
@@ -149,8 +142,10 @@ int fs_nm_check(const fs_model *m, fs_diag *d)
                 for (size_t k = 0; k < M; k++)
                     nz += w->data[o * K + g * M + k] != 0.0f;
                 if (nz > n->opts.nm_n)
-                    return fs_diag_set(d, FS_EINVAL, "'%s': row %zu group %zu has %d non-zero "
-                                       "weights, more than %d", w->name, o, g, nz, n->opts.nm_n);
+                    return fs_diag_set(d, FS_EINVAL,
+                                       "'%s': row %zu group %zu has %d non-zero "
+                                       "weights, more than %d",
+                                       w->name, o, g, nz, n->opts.nm_n);
             }
     }
     return 0;
@@ -159,16 +154,15 @@ int fs_nm_check(const fs_model *m, fs_diag *d)
 /* ---- masked fine-tuning (SR-STE) ---------------------------------------------------------- */
 
 typedef struct {
-    int n;              /* N:M layers */
-    int *param;         /* weight parameter of each */
+    int n;      /* N:M layers */
+    int *param; /* weight parameter of each */
     int *node;
-    float **dense;      /* the dense shadow weights */
+    float **dense; /* the dense shadow weights */
     uint8_t **mask;
     float decay;
 } nm_train;
 
-static void train_free(nm_train *t)
-{
+static void train_free(nm_train *t) {
     for (int i = 0; i < t->n; i++) {
         free(t->dense ? t->dense[i] : NULL);
         free(t->mask ? t->mask[i] : NULL);
@@ -179,8 +173,7 @@ static void train_free(nm_train *t)
     free(t->mask);
 }
 
-static void remask(nm_train *t, fs_model *m, int i)
-{
+static void remask(nm_train *t, fs_model *m, int i) {
     const fs_node *n = &m->nodes[t->node[i]];
     fs_param *w = &m->params[t->param[i]];
     size_t OC = (size_t)w->shape[0], K = w->numel / OC;
@@ -192,8 +185,7 @@ static void remask(nm_train *t, fs_model *m, int i)
 
 /* before the optimizer step: the gradient (taken at W*mask, applied to the dense W: STE) gets the
  * SR-STE decay on pruned weights, and the weights become the dense ones for the step */
-static void nm_before(void *ud, fs_model *m, long it, float lr)
-{
+static void nm_before(void *ud, fs_model *m, long it, float lr) {
     (void)it;
     (void)lr;
     nm_train *t = ud;
@@ -208,8 +200,7 @@ static void nm_before(void *ud, fs_model *m, long it, float lr)
 }
 
 /* after it: keep the new dense weights, recompute the mask from them, forward with W*mask */
-static void nm_after(void *ud, fs_model *m, long it, float lr)
-{
+static void nm_after(void *ud, fs_model *m, long it, float lr) {
     (void)it;
     (void)lr;
     nm_train *t = ud;
@@ -220,12 +211,13 @@ static void nm_after(void *ud, fs_model *m, long it, float lr)
     }
 }
 
-int fs_nm_finetune(fs_source *src, fs_model *m, const fs_nm_config *cfg, const fs_recover_config *rc,
-                   fs_progress_fn progress, void *ud, double *final_loss, fs_diag *d)
-{
+int fs_nm_finetune(fs_source *src, fs_model *m, const fs_nm_config *cfg,
+                   const fs_recover_config *rc, fs_progress_fn progress, void *ud,
+                   double *final_loss, fs_diag *d) {
     fs_nm_config c = nm_defaults(cfg);
     if (rc->after_step || rc->before_step || rc->hooks)
-        return fs_diag_set(d, FS_EINVAL, "nm fine-tuning uses the recovery's step hooks itself "
+        return fs_diag_set(d, FS_EINVAL,
+                           "nm fine-tuning uses the recovery's step hooks itself "
                            "and cannot be checkpointed");
     nm_train t = {0};
     t.decay = c.decay;
@@ -269,10 +261,10 @@ oom:
     return fs_diag_set(d, FS_ENOMEM, "nm: out of memory");
 }
 
-/* ---- the pipeline's post-training steps -------------------------------------------------------- */
+/* ---- the pipeline's post-training steps --------------------------------------------------------
+ */
 
-static int measure(fs_model *m, const fs_practise_config *pc, double *b1, double *b64, fs_diag *d)
-{
+static int measure(fs_model *m, const fs_practise_config *pc, double *b1, double *b64, fs_diag *d) {
     fs_latency_fn f = pc->latency;
     int rc = f ? f(pc->latency_ud, b1, m, 1, 3 * pc->latency_reps, d)
                : fs_latency(b1, m, 1, 3 * pc->latency_reps, d);
@@ -282,14 +274,12 @@ static int measure(fs_model *m, const fs_practise_config *pc, double *b1, double
     return rc;
 }
 
-static fs_objective objective_of(fs_recover_kind k)
-{
+static fs_objective objective_of(fs_recover_kind k) {
     return k == FS_RECOVER_KD ? FS_OBJ_KD : k == FS_RECOVER_CE ? FS_OBJ_CE : FS_OBJ_MIMIC;
 }
 
 int fs_pipeline_posttrain(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
-                          fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d)
-{
+                          fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d) {
     int rc;
     if (out->n_results == 0) {
         /* N:M and/or int8 alone: the teacher is the student they start from */
@@ -332,8 +322,7 @@ int fs_pipeline_posttrain(const fs_pipeline_config *c, fs_model *teacher, fs_sou
             if (rounds <= 0)
                 for (int k = 0; k < s->n_nodes; k++)
                     rounds += s->nodes[k].op == FS_NODE_BN;
-            if (c->recover != FS_RECOVER_NONE &&
-                (rc = fs_bn_reestimate(src, s, rounds, d)) != 0)
+            if (c->recover != FS_RECOVER_NONE && (rc = fs_bn_reestimate(src, s, rounds, d)) != 0)
                 return rc;
             if (c->recover != FS_RECOVER_NONE && c->recover != FS_RECOVER_BN) {
                 fs_recover_config rcfg = c->recovery;

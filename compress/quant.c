@@ -12,12 +12,11 @@
 
 #include "fs_compress.h"
 
-#define BN_EPS 1e-5     /* as model/run.c's batch norm */
+#define BN_EPS 1e-5 /* as model/run.c's batch norm */
 
 /* ---- layer options by module name ------------------------------------------------------------ */
 
-fs_layer_opts *fs_arch_layer_opts(fs_arch *a, const char *layer)
-{
+fs_layer_opts *fs_arch_layer_opts(fs_arch *a, const char *layer) {
     char nm[96];
     if (a->type == FS_ARCH_MLP) {
         for (int i = 0; i <= a->n_hidden; i++) {
@@ -51,13 +50,9 @@ fs_layer_opts *fs_arch_layer_opts(fs_arch *a, const char *layer)
 
 static const char *CALIB_NAMES[] = {"?", "minmax", "percentile", "mse"};
 
-const char *fs_calib_name(fs_calib_method m)
-{
-    return (unsigned)m <= 3 ? CALIB_NAMES[m] : "?";
-}
+const char *fs_calib_name(fs_calib_method m) { return (unsigned)m <= 3 ? CALIB_NAMES[m] : "?"; }
 
-int fs_calib_parse(fs_calib_method *m, const char *s, fs_diag *d)
-{
+int fs_calib_parse(fs_calib_method *m, const char *s, fs_diag *d) {
     for (int i = 1; i <= 3; i++)
         if (!strcmp(s, CALIB_NAMES[i])) {
             *m = (fs_calib_method)i;
@@ -66,8 +61,7 @@ int fs_calib_parse(fs_calib_method *m, const char *s, fs_diag *d)
     return fs_diag_set(d, FS_EINVAL, "calibration '%s' is not one of minmax, percentile, mse", s);
 }
 
-static fs_quant_config with_defaults(const fs_quant_config *c)
-{
+static fs_quant_config with_defaults(const fs_quant_config *c) {
     fs_quant_config q = {0};
     if (c)
         q = *c;
@@ -80,19 +74,19 @@ static fs_quant_config with_defaults(const fs_quant_config *c)
     return q;
 }
 
-/* ---- BN folding -------------------------------------------------------------------------------- */
+/* ---- BN folding --------------------------------------------------------------------------------
+ */
 
-static int has_adaptors(const fs_model *m)
-{
+static int has_adaptors(const fs_model *m) {
     for (int i = 0; i < m->n_nodes; i++)
         if (strstr(m->nodes[i].name, ".adaptor_"))
             return 1;
     return 0;
 }
 
-/* the module name of the layer a plain node belongs to ("x.0"/"x.1" of a factorized layer -> "x") */
-static fs_layer_opts *node_layer_opts(fs_arch *a, const char *node)
-{
+/* the module name of the layer a plain node belongs to ("x.0"/"x.1" of a factorized layer -> "x")
+ */
+static fs_layer_opts *node_layer_opts(fs_arch *a, const char *node) {
     fs_layer_opts *o = fs_arch_layer_opts(a, node);
     if (o)
         return o;
@@ -105,8 +99,7 @@ static fs_layer_opts *node_layer_opts(fs_arch *a, const char *node)
     return fs_arch_layer_opts(a, nm);
 }
 
-int fs_quant_fold(fs_model **out, const fs_model *m, const fs_quant_config *cfg, fs_diag *d)
-{
+int fs_quant_fold(fs_model **out, const fs_model *m, const fs_quant_config *cfg, fs_diag *d) {
     *out = NULL;
     fs_quant_config c = with_defaults(cfg);
     if (has_adaptors(m))
@@ -167,10 +160,10 @@ int fs_quant_fold(fs_model **out, const fs_model *m, const fs_quant_config *cfg,
     return 0;
 }
 
-/* ---- weights ------------------------------------------------------------------------------------ */
+/* ---- weights ------------------------------------------------------------------------------------
+ */
 
-void fs_quant_weights(fs_model *m)
-{
+void fs_quant_weights(fs_model *m) {
     for (int i = 0; i < m->n_nodes; i++) {
         const fs_node *n = &m->nodes[i];
         if (n->q[0] < 0)
@@ -186,7 +179,7 @@ void fs_quant_weights(fs_model *m)
             for (size_t k = 0; k < K; k++) {
                 float q = rintf(row[k] / s);
                 q = q < -127.0f ? -127.0f : q > 127.0f ? 127.0f : q;
-                row[k] = q * s + 0.0f;     /* -0 -> +0: as the int8 code 0 loads back */
+                row[k] = q * s + 0.0f; /* -0 -> +0: as the int8 code 0 loads back */
             }
             scale[o] = s;
         }
@@ -195,8 +188,7 @@ void fs_quant_weights(fs_model *m)
 
 /* ---- activation ranges from histograms ------------------------------------------------------- */
 
-void fs_quant_act_params(float a, float b, float *scale, float *zero_point)
-{
+void fs_quant_act_params(float a, float b, float *scale, float *zero_point) {
     float s = (b - a) / 255.0f;
     if (!(s > 0))
         s = 1.0f;
@@ -206,8 +198,7 @@ void fs_quant_act_params(float a, float b, float *scale, float *zero_point)
 }
 
 /* value below which a fraction `f` of the histogram's mass lies (linear within a bin) */
-static double quantile(const int64_t *c, int bins, double lo, double w, double total, double f)
-{
+static double quantile(const int64_t *c, int bins, double lo, double w, double total, double f) {
     double want = f * total, acc = 0;
     for (int i = 0; i < bins; i++) {
         if (c[i] > 0 && acc + (double)c[i] >= want)
@@ -218,24 +209,22 @@ static double quantile(const int64_t *c, int bins, double lo, double w, double t
 }
 
 /* expected squared error of quantizing the histogram's values to 255 steps over [a, b] */
-static double clip_error(const int64_t *c, int bins, double lo, double w, double a, double b)
-{
+static double clip_error(const int64_t *c, int bins, double lo, double w, double a, double b) {
     double s = (b - a) / 255.0, e = 0;
     for (int i = 0; i < bins; i++) {
         if (!c[i])
             continue;
         double x = lo + w * (i + 0.5);
-        double err = x < a ? (a - x) * (a - x) + w * w / 12
-                   : x > b ? (x - b) * (x - b) + w * w / 12
-                           : s * s / 12;
+        double err = x < a   ? (a - x) * (a - x) + w * w / 12
+                     : x > b ? (x - b) * (x - b) + w * w / 12
+                             : s * s / 12;
         e += (double)c[i] * err;
     }
     return e;
 }
 
 int fs_calib_clip(const int64_t *counts, int bins, float lo, float hi, const fs_quant_config *cfg,
-                  float *a, float *b, fs_diag *d)
-{
+                  float *a, float *b, fs_diag *d) {
     fs_quant_config c = with_defaults(cfg);
     double total = 0, w = ((double)hi - lo) / bins;
     int first = -1, last = -1;
@@ -275,20 +264,18 @@ int fs_calib_clip(const int64_t *counts, int bins, float lo, float hi, const fs_
 /* the int8 layers and the distinct producers of their inputs */
 typedef struct {
     int n_q, n_prod;
-    int *qnode;         /* [n_q] */
-    int *prod;          /* [n_prod] producer node of each distinct input (-1: the model input) */
-    int *consumer;      /* [n_prod] one int8 layer reading it */
+    int *qnode;    /* [n_q] */
+    int *prod;     /* [n_prod] producer node of each distinct input (-1: the model input) */
+    int *consumer; /* [n_prod] one int8 layer reading it */
 } calib_plan;
 
-static void plan_free(calib_plan *p)
-{
+static void plan_free(calib_plan *p) {
     free(p->qnode);
     free(p->prod);
     free(p->consumer);
 }
 
-static int plan_make(calib_plan *p, const fs_model *m)
-{
+static int plan_make(calib_plan *p, const fs_model *m) {
     memset(p, 0, sizeof *p);
     size_t n = (size_t)(m->n_nodes ? m->n_nodes : 1);
     p->qnode = malloc(n * sizeof(int));
@@ -312,8 +299,7 @@ static int plan_make(calib_plan *p, const fs_model *m)
 }
 
 /* data-free range of the normalised input image [0, 1] */
-static void input_range(const fs_model *m, float *a, float *b)
-{
+static void input_range(const fs_model *m, float *a, float *b) {
     float lo = INFINITY, hi = -INFINITY;
     for (int c = 0; c < m->arch.in_c; c++) {
         float s = m->arch.std[c], mu = m->arch.mean[c];
@@ -325,8 +311,7 @@ static void input_range(const fs_model *m, float *a, float *b)
     *b = fmaxf(hi, 0);
 }
 
-int fs_quant_calibrate(fs_source *src, fs_model *m, const fs_quant_config *cfg, fs_diag *d)
-{
+int fs_quant_calibrate(fs_source *src, fs_model *m, const fs_quant_config *cfg, fs_diag *d) {
     fs_quant_config c = with_defaults(cfg);
     calib_plan pl;
     int rc = plan_make(&pl, m);
@@ -337,7 +322,7 @@ int fs_quant_calibrate(fs_source *src, fs_model *m, const fs_quant_config *cfg, 
     int64_t *cnt = NULL, *counts = NULL;
     if (rc)
         goto oom;
-    for (int i = 0; i < pl.n_q; i++)     /* calibrate on the unquantized activations */
+    for (int i = 0; i < pl.n_q; i++) /* calibrate on the unquantized activations */
         m->params[m->nodes[pl.qnode[i]].q[1]].data[0] = 0.0f;
     if (pl.n_q == 0)
         goto done;
@@ -418,7 +403,7 @@ int fs_quant_calibrate(fs_source *src, fs_model *m, const fs_quant_config *cfg, 
                     last = i;
                 }
             float wdt = hi[j] - lo[j], w = wdt / (float)B;
-            if (first < 0) {                    /* no samples: keep the range */
+            if (first < 0) { /* no samples: keep the range */
                 ca[hslot[j]] = lo[j];
                 cb[hslot[j]] = hi[j];
                 continue;
@@ -454,7 +439,7 @@ int fs_quant_calibrate(fs_source *src, fs_model *m, const fs_quant_config *cfg, 
         const int64_t *h = counts + (size_t)j * (size_t)B;
         int k = hslot[j];
         if (fs_calib_clip(h, B, hlo[j], hhi[j], &c, &ca[k], &cb[k], NULL) != 0) {
-            ca[k] = fminf(hlo[j], 0);   /* no samples: the coarse range */
+            ca[k] = fminf(hlo[j], 0); /* no samples: the coarse range */
             cb[k] = fmaxf(hhi[j], 0);
         }
     }
@@ -464,8 +449,7 @@ apply:
         int k = 0;
         while (pl.prod[k] != n->in0)
             k++;
-        fs_quant_act_params(ca[k], cb[k], &m->params[n->q[1]].data[0],
-                            &m->params[n->q[2]].data[0]);
+        fs_quant_act_params(ca[k], cb[k], &m->params[n->q[1]].data[0], &m->params[n->q[2]].data[0]);
     }
     goto done;
 oom:
@@ -490,8 +474,7 @@ done:
 }
 
 int fs_quant_int8(fs_model **out, fs_source *src, const fs_model *m, const fs_quant_config *c,
-                  fs_diag *d)
-{
+                  fs_diag *d) {
     *out = NULL;
     fs_model *q = NULL;
     int rc = fs_quant_fold(&q, m, c, d);

@@ -14,8 +14,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static int small_arch(const fs_arch *a)
-{
+static int small_arch(const fs_arch *a) {
     int ok = a->in_h <= 64 && a->in_w <= 64 && a->num_classes <= 64 && a->stem_width <= 64;
     for (int s = 0; s < a->n_stages; s++) {
         ok &= a->stages[s].width <= 64 && a->stages[s].n_blocks <= 4;
@@ -27,8 +26,7 @@ static int small_arch(const fs_arch *a)
     return ok;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char path[64], back[64];
     if (!path[0]) {
         snprintf(path, sizeof path, "/tmp/fuzz_model_load.%d", (int)getpid());
@@ -65,8 +63,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             const fs_param *p = &m->params[i], *q = &m2->params[i];
             FS_ASSERT(p->numel == q->numel);
             for (size_t k = 0; k < p->numel; k++)
-                FS_ASSERT(p->data[k] == q->data[k] || (p->data[k] != p->data[k] &&
-                                                       q->data[k] != q->data[k]));
+                FS_ASSERT(p->data[k] == q->data[k] ||
+                          (p->data[k] != p->data[k] && q->data[k] != q->data[k]));
         }
         fs_model_free(m2);
         unlink(back);

@@ -37,7 +37,7 @@ check-fuzz:
 	cmake -S . -B build/fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	      -DFEDSLIM_FUZZ=ON -DFEDSLIM_SANITIZE=address,undefined $(CMAKE_FLAGS) >/dev/null
 	cmake --build build/fuzz -j$(JOBS) --target fuzz_all
-	cd build/fuzz && ctest --output-on-failure -L fuzz
+	cd build/fuzz && ctest --output-on-failure -j$(JOBS) -L fuzz
 
 check-netns:
 	@if [ "$$(id -u)" != 0 ]; then \

@@ -434,7 +434,8 @@ static void table_print(const table *t) {
     }
 }
 
-/* "0-4,7,9" from an array of integers (runs of consecutive values compressed). */
+/* "20,0,3,13" from an array of integers: the agent's sample count per class, in class order
+ * (counts are what agents report about their data, never samples). */
 static bool format_classes(const json_t *arr, char *out, size_t cap) {
     size_t n = json_array_size(arr);
     out[0] = '\0';
@@ -452,11 +453,6 @@ static bool format_classes(const json_t *arr, char *out, size_t cap) {
         long long lo = (long long)json_integer_value(a);
         long long hi = lo;
         size_t j = i + 1;
-        while (j < n && json_is_integer(json_array_get(arr, j)) &&
-               (long long)json_integer_value(json_array_get(arr, j)) == hi + 1) {
-            hi++;
-            j++;
-        }
         char part[48];
         if (hi == lo) {
             snprintf(part, sizeof part, "%s%lld", used ? "," : "", lo);

@@ -2,6 +2,7 @@
  * cmd_learn.c — `fedslim train` and `fedslim eval`.
  */
 #include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,18 +203,25 @@ int cmd_eval(int argc, char **argv)
     double acc = labeled && r.n ? (double)r.correct / (double)r.n : 0;
     double loss = labeled && r.n ? r.loss_sum / (double)r.n : 0;
     if (json) {
-        printf("{\"model\":\"%s\",\"data\":\"%s\",\"n\":%lld,\"labeled\":%s", model_s, data_s,
-               (long long)r.n, labeled ? "true" : "false");
+        json_t *o = json_pack("{s:s,s:s,s:I,s:b,s:f}", "model", model_s, "data", data_s, "n",
+                              (json_int_t)r.n, "labeled", labeled, "seconds", secs);
         if (labeled) {
-            printf(",\"accuracy\":%.6f,\"loss\":%.6f,\"correct\":%lld,\"per_class\":[", acc, loss,
-                   (long long)r.correct);
+            json_object_set_new(o, "accuracy", json_real(acc));
+            json_object_set_new(o, "loss", json_real(loss));
+            json_object_set_new(o, "correct", json_integer((json_int_t)r.correct));
+            json_t *pc = json_array();
             for (int k = 0; k < ds->num_classes && k < r.num_classes; k++)
-                printf("%s{\"class\":\"%s\",\"n\":%lld,\"accuracy\":%.6f}", k ? "," : "",
-                       ds->class_names ? ds->class_names[k] : "", (long long)r.class_n[k],
-                       r.class_n[k] ? (double)r.class_correct[k] / (double)r.class_n[k] : 0.0);
-            printf("]");
+                json_array_append_new(
+                    pc, json_pack("{s:s,s:I,s:f}", "class", ds->class_names ? ds->class_names[k] : "",
+                                  "n", (json_int_t)r.class_n[k], "accuracy",
+                                  r.class_n[k] ? (double)r.class_correct[k] / (double)r.class_n[k]
+                                               : 0.0));
+            json_object_set_new(o, "per_class", pc);
         }
-        printf(",\"seconds\":%.3f}\n", secs);
+        char *text = json_dumps(o, JSON_COMPACT);
+        puts(text ? text : "{}");
+        free(text);
+        json_decref(o);
     } else {
         printf("model     %s\ndata      %s (%lld images)\n", model_s, data_s, (long long)r.n);
         if (labeled) {

@@ -115,6 +115,8 @@ agent_rec *coord_agent(coord *c, const char *name);
 int coord_pump(coord *c, int timeout_ms);
 int coord_send(coord *c, const char *agent, fs_wire_msg *m);
 void coord_status(coord *c, int force);
+/* SIGHUP's work: allow-list and configuration; the old ones stay on error. 0 or the error. */
+int coord_reload(coord *c, fs_diag *d);
 
 /* job.c */
 int job_submit(coord *c, const char *ini, size_t len, const char *source, char *id, fs_diag *d);

@@ -164,9 +164,11 @@ json_t *coord_control(void *ud, const json_t *req)
         return r;
     }
     if (!strcmp(cmd, "reload")) {
-        raise(SIGHUP);
+        fs_diag d = {0};
+        if (coord_reload(c, &d) != 0)
+            return fs_control_error("reload rejected: %s", d.msg);
         json_t *r = fs_control_ok();
-        json_object_set_new(r, "message", json_string("reload requested (see the log)"));
+        json_object_set_new(r, "message", json_string("allow-list and configuration reloaded"));
         return r;
     }
     if (!strcmp(cmd, "status") || !strcmp(cmd, "cancel") || !strcmp(cmd, "fetch")) {

@@ -170,26 +170,34 @@ static void on_message(coord *c, const fs_link_peer *peer, fs_wire_msg *m)
     }
 }
 
+int coord_reload(coord *c, fs_diag *d)
+{
+    fs_notify_reloading();
+    int rc = fs_link_server_reload(c->link, d);
+    if (rc)
+        fs_log_kv(FS_LOG_ERR, "allow-list reload rejected", "REASON", d->msg, NULL);
+    else
+        fs_log_kv(FS_LOG_INFO, "allow-list reloaded", NULL);
+    if (rc == 0) {
+        rc = fs_coord_config_reload(c->config_path, &c->cfg, NULL, NULL, d);
+        if (rc)
+            fs_log_kv(FS_LOG_ERR, "configuration reload rejected", "REASON", d->msg, NULL);
+    }
+    fs_notify_ready(rc ? "reload rejected, see the log" : "reloaded");
+    /* agents cut off by the reload must say hello again */
+    for (int i = 0; i < c->n_agents; i++)
+        if (!fs_link_server_session(c->link, c->agents[i].name))
+            c->agents[i].connected = 0;
+    return rc;
+}
+
 static void handle_signals(coord *c)
 {
     int sig;
     while ((sig = fs_signal_next()) > 0) {
         if (sig == SIGHUP) {
-            fs_notify_reloading();
             fs_diag d = {0};
-            int rc = fs_link_server_reload(c->link, &d);
-            if (rc)
-                fs_log_kv(FS_LOG_ERR, "allow-list reload rejected", "REASON", d.msg, NULL);
-            else
-                fs_log_kv(FS_LOG_INFO, "allow-list reloaded", NULL);
-            int rc2 = fs_coord_config_reload(c->config_path, &c->cfg, NULL, NULL, &d);
-            if (rc2)
-                fs_log_kv(FS_LOG_ERR, "configuration reload rejected", "REASON", d.msg, NULL);
-            fs_notify_ready(rc || rc2 ? "reload rejected, see the log" : "reloaded");
-            /* agents cut off by the reload must say hello again */
-            for (int i = 0; i < c->n_agents; i++)
-                if (!fs_link_server_session(c->link, c->agents[i].name))
-                    c->agents[i].connected = 0;
+            (void)coord_reload(c, &d);
         } else {
             fs_notify_stopping("stopping: the job's checkpoint is on disk");
             fs_log_kv(FS_LOG_INFO, "stopping", "SIGNAL", sig == SIGTERM ? "TERM" : "INT", NULL);

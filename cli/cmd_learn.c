@@ -203,12 +203,12 @@ int cmd_eval(int argc, char **argv)
     double acc = labeled && r.n ? (double)r.correct / (double)r.n : 0;
     double loss = labeled && r.n ? r.loss_sum / (double)r.n : 0;
     if (json) {
-        json_t *o = json_pack("{s:s,s:s,s:I,s:b,s:f}", "model", model_s, "data", data_s, "n",
+        json_t *rep = json_pack("{s:s,s:s,s:I,s:b,s:f}", "model", model_s, "data", data_s, "n",
                               (json_int_t)r.n, "labeled", labeled, "seconds", secs);
         if (labeled) {
-            json_object_set_new(o, "accuracy", json_real(acc));
-            json_object_set_new(o, "loss", json_real(loss));
-            json_object_set_new(o, "correct", json_integer((json_int_t)r.correct));
+            json_object_set_new(rep, "accuracy", json_real(acc));
+            json_object_set_new(rep, "loss", json_real(loss));
+            json_object_set_new(rep, "correct", json_integer((json_int_t)r.correct));
             json_t *pc = json_array();
             for (int k = 0; k < ds->num_classes && k < r.num_classes; k++)
                 json_array_append_new(
@@ -216,12 +216,12 @@ int cmd_eval(int argc, char **argv)
                                   "n", (json_int_t)r.class_n[k], "accuracy",
                                   r.class_n[k] ? (double)r.class_correct[k] / (double)r.class_n[k]
                                                : 0.0));
-            json_object_set_new(o, "per_class", pc);
+            json_object_set_new(rep, "per_class", pc);
         }
-        char *text = json_dumps(o, JSON_COMPACT);
+        char *text = json_dumps(rep, JSON_COMPACT);
         puts(text ? text : "{}");
         free(text);
-        json_decref(o);
+        json_decref(rep);
     } else {
         printf("model     %s\ndata      %s (%lld images)\n", model_s, data_s, (long long)r.n);
         if (labeled) {

@@ -792,7 +792,7 @@ static int print_status(const conn *c, const job_view *v) {
                 fail_msg("out of memory");
                 return EXIT_FAIL;
             }
-            snprintf(row[0], CELL, "  %s", clean(a, 120, name));
+            snprintf(row[0], CELL, "  %.120s", clean(a, 120, name));
             clean(row[1], CELL, st);
             snprintf(row[2], CELL, "%lld", samples);
             if (lp || lr_p) {

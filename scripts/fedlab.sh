@@ -64,7 +64,7 @@ train = idx:$FL_DATA-$k
 CONF
     "$FL_BIN/fedslim-agent" --config "$FL_DIR/site-$k/agent.conf" \
         >> "$FL_DIR/logs/site-$k.log" 2>&1 &
-    eval "FL_AGENT_PID_$k=$!"
+    FL_AGENT_PIDS="${FL_AGENT_PIDS:-} $!"
 }
 
 fedlab_ctl() {
@@ -88,6 +88,9 @@ fedlab_wait_agents() {
 }
 
 fedlab_stop() {
-    for p in $(jobs -p) ${FL_COORD_PID:-}; do kill -TERM "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    # agents first (they would otherwise keep reconnecting), then the coordinator
+    for p in ${FL_AGENT_PIDS:-} ${FL_COORD_PID:-}; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in ${FL_AGENT_PIDS:-} ${FL_COORD_PID:-}; do wait "$p" 2>/dev/null || true; done
+    FL_AGENT_PIDS=
+    FL_COORD_PID=
 }

@@ -20,8 +20,8 @@ typedef void (*fs_progress_fn)(void *ud, const char *phase, long it, long total,
 
 /* ---- latency (measured with our kernels on this CPU) -------------------------------------- */
 
-/* Median seconds per forward pass of a batch of `batch` random inputs over `reps` runs (after one
- * warm-up). Data-free. */
+/* Seconds per forward pass of a batch of `batch` random inputs: the fastest of `reps` runs
+ * (after one warm-up), since interference only adds time. Data-free. */
 int fs_latency(double *sec, fs_model *m, int batch, int reps, fs_diag *d);
 
 /* A latency measurement the caller may intercept (the coordinator journals them so that a resumed

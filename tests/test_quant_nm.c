@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "test_models.h"
 #include "fs_compress.h"
 #include "fs_local.h"
 #include "fs_pipeline.h"
@@ -33,19 +34,7 @@ typedef struct {
 
 static void perturb(fs_model *m, uint64_t seed)
 {
-    fs_rng rng;
-    fs_rng_seed(&rng, seed);
-    for (int i = 0; i < m->n_params; i++) {
-        fs_param *p = &m->params[i];
-        for (size_t k = 0; k < p->numel; k++) {
-            if (p->kind == FS_PARAM_BN_WEIGHT)
-                p->data[k] = 0.7f + 0.6f * fs_rng_uniform(&rng);
-            else if (p->kind == FS_PARAM_BN_BIAS || p->kind == FS_PARAM_BN_MEAN)
-                p->data[k] = 0.2f * fs_rng_normal(&rng);
-            else if (p->kind == FS_PARAM_BN_VAR)
-                p->data[k] = 0.5f + fs_rng_uniform(&rng);
-        }
-    }
+    fs_test_perturb_bn(m, seed, 0.2f);
 }
 
 static int setup(void **state)

@@ -337,6 +337,8 @@ static result bench_curve(int reps, size_t chunk, const uint8_t *tensor, const c
     o.limits.max_chunk_bytes = chunk > o.limits.max_chunk_bytes ? chunk : o.limits.max_chunk_bytes;
     o.limits.max_chunks = TOTAL / chunk + 1;
     o.limits.max_frames = TOTAL / chunk + 2;
+    o.limits.max_header_bytes = (size_t)256 << 10; /* small chunks: one descriptor each */
+    o.limits.max_objects = 1 << 16;
     void *sctx = zmq_ctx_new(), *cctx = zmq_ctx_new();
     fs_link_server *srv = NULL;
     fs_link_client *cl = NULL;
@@ -414,7 +416,7 @@ int main(int argc, char **argv)
     /* GB moved per CPU-second of the whole process vs crypto_box's GB per CPU-second. A loopback
      * transfer encrypts AND decrypts every byte on this machine, so 0.5 is the ideal ratio here. */
     emit("transfer_curve_64mib_per_cpu", curve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
-    static const size_t CHUNKS[] = {(size_t)256 << 10, (size_t)1 << 20, (size_t)4 << 20};
+    static const size_t CHUNKS[] = {(size_t)32 << 10, (size_t)64 << 10, (size_t)128 << 10, (size_t)256 << 10, (size_t)1 << 20, (size_t)4 << 20};
     for (size_t i = 0; i < sizeof CHUNKS / sizeof CHUNKS[0]; i++) {
         char name[64];
         result r = bench_curve(reps, CHUNKS[i], tensor, dir);

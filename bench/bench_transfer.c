@@ -16,7 +16,7 @@
  * Prints one JSON object per line: {"name", "value" (GB/s), "unit", "reference", "ratio"}.
  * Each figure is the best of `reps` runs (default 5): the machine is shared.
  *
- * Usage: bench_transfer [reps]
+ * Usage: bench_transfer [reps] [part]   (part: see main)
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -386,6 +386,17 @@ static result bench_curve(int reps, size_t chunk, const uint8_t *tensor, const c
     return res;
 }
 
+static bool want(const char *list, const char *part)
+{
+    size_t n = strlen(part);
+    for (const char *p = list; p; p = strchr(p, ',')) {
+        p += *p == ',';
+        if (!strncmp(p, part, n) && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    }
+    return !list;
+}
+
 int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 5;
@@ -402,22 +413,42 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < TOTAL; i++)
         tensor[i] = (uint8_t)(i * 2654435761u >> 13);
 
-    result box = bench_crypto_box(reps);
-    double tcp = bench_tcp(reps);
-    result plain = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, false);
-    result zcurve = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, true);
-    result curve = bench_curve(reps, FS_WIRE_CHUNK_DEFAULT, tensor, dir);
-    emit("crypto_box_1core", box.gbs, "GB/s", 0);
-    emit("tcp_raw_64mib", tcp, "GB/s", 0);
-    emit("transfer_plain_64mib", plain.gbs, "GB/s", tcp);
-    emit("zmq_curve_only_64mib", zcurve.gbs, "GB/s", box.gbs);
-    emit("zmq_curve_only_64mib_per_cpu", zcurve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
-    emit("transfer_curve_64mib", curve.gbs, "GB/s", box.gbs);
-    /* GB moved per CPU-second of the whole process vs crypto_box's GB per CPU-second. A loopback
-     * transfer encrypts AND decrypts every byte on this machine, so 0.5 is the ideal ratio here. */
-    emit("transfer_curve_64mib_per_cpu", curve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
-    static const size_t CHUNKS[] = {(size_t)32 << 10, (size_t)64 << 10, (size_t)128 << 10, (size_t)256 << 10, (size_t)1 << 20, (size_t)4 << 20};
-    for (size_t i = 0; i < sizeof CHUNKS / sizeof CHUNKS[0]; i++) {
+    /* argv[2] (optional): a comma-separated list of the parts to run ("box", "tcp", "plain",
+     * "zmq_curve", "curve", "sweep"), e.g. for a profiler; ratios need "box" in the same run. */
+    const char *only = argc > 2 ? argv[2] : NULL;
+#define WANT(part) want(only, part)
+    result box = {0, 0}, plain = {0, 0}, zcurve = {0, 0}, curve = {0, 0};
+    double tcp = 0;
+    if (WANT("box"))
+        box = bench_crypto_box(reps);
+    if (WANT("tcp"))
+        tcp = bench_tcp(reps);
+    if (WANT("plain"))
+        plain = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, false);
+    if (WANT("zmq_curve"))
+        zcurve = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, true);
+    if (WANT("curve"))
+        curve = bench_curve(reps, FS_WIRE_CHUNK_DEFAULT, tensor, dir);
+    if (WANT("box"))
+        emit("crypto_box_1core", box.gbs, "GB/s", 0);
+    if (WANT("tcp"))
+        emit("tcp_raw_64mib", tcp, "GB/s", 0);
+    if (WANT("plain"))
+        emit("transfer_plain_64mib", plain.gbs, "GB/s", tcp);
+    if (WANT("zmq_curve")) {
+        emit("zmq_curve_only_64mib", zcurve.gbs, "GB/s", box.gbs);
+        emit("zmq_curve_only_64mib_per_cpu", zcurve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
+    }
+    if (WANT("curve")) {
+        emit("transfer_curve_64mib", curve.gbs, "GB/s", box.gbs);
+        /* GB moved per CPU-second of the whole process vs crypto_box's GB per CPU-second. A
+         * loopback transfer encrypts AND decrypts every byte on this machine, so 0.5 is the ideal
+         * ratio here. */
+        emit("transfer_curve_64mib_per_cpu", curve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
+    }
+    static const size_t CHUNKS[] = {(size_t)32 << 10, (size_t)64 << 10,  (size_t)128 << 10,
+                                    (size_t)256 << 10, (size_t)1 << 20, (size_t)4 << 20};
+    for (size_t i = 0; WANT("sweep") && i < sizeof CHUNKS / sizeof CHUNKS[0]; i++) {
         char name[64];
         result r = bench_curve(reps, CHUNKS[i], tensor, dir);
         snprintf(name, sizeof name, "transfer_curve_64mib_chunk%zuk", CHUNKS[i] >> 10);
@@ -425,6 +456,7 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "transfer_curve_64mib_chunk%zuk_per_cpu", CHUNKS[i] >> 10);
         emit(name, r.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
     }
+#undef WANT
     fs_free(tensor);
     rmdir(dir);
     return 0;

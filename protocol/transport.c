@@ -169,6 +169,10 @@ static int rx_decode(rxbuf *r, size_t first, const fs_wire_limits *lim, fs_wire_
             zmq_msg_init(&h->m[i]);
             zmq_msg_move(&h->m[i], &r->m[first + i]);
         }
+        /* A frame of <= 33 bytes keeps its bytes inside the zmq_msg_t, so they moved with it.
+         * (libzmq 4.3.4's CURVE decode shrinks the received message in place and never produces
+         * such a frame; without CURVE it would.) */
+        (*out)->u.model_chunk.data = zmq_msg_data(&h->m[1]);
         fs_wire_msg_set_release(*out, held_release, h);
     }
     return rc;

@@ -6,6 +6,8 @@
  *                          protocol does, zero-copy send, strict decode + reassembly on receipt);
  *                          reference: crypto_box_1core
  *   transfer_curve_64mib_chunk<K>  the same at other chunk sizes (how the default was chosen)
+ *   transfer_curve_64mib_copy_send  the same with fs_link_server_send, which copies each frame
+ *                          into a new zmq_msg_t (what the daemons call today)
  *   transfer_plain_64mib   ROUTER -> DEALER without security, same frames; reference: tcp_raw
  *   zmq_curve_only_64mib   the same sockets with CURVE but without fs_link (libzmq's own cost)
  *   tcp_raw_64mib          a loopback TCP socket pair, 1 MiB writes
@@ -385,6 +387,7 @@ static result bench_plain(int reps, size_t chunk, const uint8_t *tensor, bool cu
 typedef struct {
     fs_link_server *srv;
     const uint8_t *tensor;
+    bool copy; /* fs_link_server_send (copies every frame) instead of fs_link_server_send_zc */
     atomic_int stop;
 } curve_sender;
 
@@ -413,8 +416,9 @@ static void *curve_send_main(void *arg)
         bool go = got->type == FS_MSG_HEARTBEAT;
         fs_wire_msg_free(got);
         if (go) {
-            while ((rc = fs_link_server_send_zc(c->srv, &peer, &m, nop_release, NULL, &d)) ==
-                   FS_EAGAIN)
+            while ((rc = c->copy ? fs_link_server_send(c->srv, &peer, &m, &d)
+                                 : fs_link_server_send_zc(c->srv, &peer, &m, nop_release, NULL,
+                                                          &d)) == FS_EAGAIN)
                 ;
             if (rc)
                 die("curve send", d.msg);
@@ -423,7 +427,8 @@ static void *curve_send_main(void *arg)
     return NULL;
 }
 
-static result bench_curve(int reps, size_t chunk, const uint8_t *tensor, const char *dir)
+static result bench_curve(int reps, size_t chunk, const uint8_t *tensor, const char *dir,
+                          bool copy)
 {
     fs_key spub, ssec, cpub, csec;
     char z[41], path[512];
@@ -451,7 +456,7 @@ static result bench_curve(int reps, size_t chunk, const uint8_t *tensor, const c
     if (fs_link_server_open(&srv, sctx, "tcp://127.0.0.1:*", ssec, path, &o, &d) ||
         fs_link_client_open(&cl, cctx, fs_link_server_endpoint(srv), spub, cpub, csec, &o, &d))
         die("curve open", d.msg);
-    curve_sender cs = {.srv = srv, .tensor = tensor};
+    curve_sender cs = {.srv = srv, .tensor = tensor, .copy = copy};
     atomic_init(&cs.stop, 0);
     pthread_t th;
     atomic_store(&g_tx_tid, 0);
@@ -557,10 +562,11 @@ int main(int argc, char **argv)
         tensor[i] = (uint8_t)(i * 2654435761u >> 13);
 
     /* argv[2] (optional): a comma-separated list of the parts to run ("box", "tcp", "plain",
-     * "zmq_curve", "curve", "sweep"), e.g. for a profiler; ratios need "box" in the same run. */
+     * "zmq_curve", "curve", "curve_copy", "sweep"), e.g. for a profiler; ratios need "box" in the
+     * same run. */
     const char *only = argc > 2 ? argv[2] : NULL;
 #define WANT(part) want(only, part)
-    result box = {0}, plain = {0}, zcurve = {0}, curve = {0};
+    result box = {0}, plain = {0}, zcurve = {0}, curve = {0}, curve_copy = {0};
     double tcp = 0;
     if (WANT("box"))
         box = bench_crypto_box(reps);
@@ -571,7 +577,9 @@ int main(int argc, char **argv)
     if (WANT("zmq_curve"))
         zcurve = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, true);
     if (WANT("curve"))
-        curve = bench_curve(reps, FS_WIRE_CHUNK_DEFAULT, tensor, dir);
+        curve = bench_curve(reps, FS_WIRE_CHUNK_DEFAULT, tensor, dir, false);
+    if (WANT("curve_copy"))
+        curve_copy = bench_curve(reps, FS_WIRE_CHUNK_DEFAULT, tensor, dir, true);
     if (WANT("box"))
         emit("crypto_box_1core", box.gbs, "GB/s", 0);
     if (WANT("tcp"))
@@ -591,11 +599,17 @@ int main(int argc, char **argv)
         emit("transfer_curve_64mib_per_cpu", curve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
         emit_threads("transfer_curve_64mib", &curve, reps, box.gb_per_cpu);
     }
+    if (WANT("curve_copy")) { /* what the daemons do today (fs_link_*_send copies the tensor) */
+        emit("transfer_curve_64mib_copy_send", curve_copy.gbs, "GB/s", box.gbs);
+        emit("transfer_curve_64mib_copy_send_per_cpu", curve_copy.gb_per_cpu, "GB/cpu-s",
+             box.gb_per_cpu);
+        emit_threads("transfer_curve_64mib_copy_send", &curve_copy, reps, box.gb_per_cpu);
+    }
     static const size_t CHUNKS[] = {(size_t)32 << 10, (size_t)64 << 10,  (size_t)128 << 10,
                                     (size_t)256 << 10, (size_t)1 << 20, (size_t)4 << 20};
     for (size_t i = 0; WANT("sweep") && i < sizeof CHUNKS / sizeof CHUNKS[0]; i++) {
         char name[64];
-        result r = bench_curve(reps, CHUNKS[i], tensor, dir);
+        result r = bench_curve(reps, CHUNKS[i], tensor, dir, false);
         snprintf(name, sizeof name, "transfer_curve_64mib_chunk%zuk", CHUNKS[i] >> 10);
         emit(name, r.gbs, "GB/s", box.gbs);
         snprintf(name, sizeof name, "transfer_curve_64mib_chunk%zuk_per_cpu", CHUNKS[i] >> 10);

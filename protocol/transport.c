@@ -202,8 +202,46 @@ static void free_cb(void *data, void *hint)
     free(data);
 }
 
-/* Sends [rid]? header raw... ; `flags` is ZMQ_DONTWAIT or 0. Takes ownership of f->header. */
-static int tx_frames(void *sock, const fs_link_peer *peer, fs_wire_frames *f, zc_hold *zc,
+static void snapshot_free(void *arg)
+{
+    fs_free(arg);
+}
+
+/* A copying send of a message with several raw frames copies them all into one snapshot buffer
+ * and sends that zero-copy (freed when libzmq has released its last frame), instead of one
+ * zmq_msg_init_size + memcpy per frame. Measured (docs/protocol.md §8.1): per-frame buffers of
+ * 256 KiB, allocated on this thread and freed on libzmq's I/O thread, came back as fresh pages
+ * every time: 270-300 ms of CPU per 64 MiB on the sending thread, against 9-30 ms for one copy
+ * into a huge-page buffer. Points f's raw frames into the snapshot; NULL if out of memory (the
+ * caller then copies frame by frame). */
+static zc_hold *snapshot_frames(fs_wire_frames *f)
+{
+    size_t total = 0;
+    for (size_t i = 1; i < f->n_frames; i++)
+        total += f->frames[i].len; /* no overflow: the encoder checked every tensor's size */
+    uint8_t *snap = fs_wire_alloc_big(total);
+    zc_hold *zc = snap ? malloc(sizeof *zc) : NULL;
+    if (!zc) {
+        fs_free(snap);
+        return NULL;
+    }
+    size_t off = 0;
+    for (size_t i = 1; i < f->n_frames; i++) {
+        memcpy(snap + off, f->frames[i].data, f->frames[i].len);
+        f->frames[i].data = snap + off;
+        off += f->frames[i].len;
+    }
+    atomic_init(&zc->refs, 1);
+    zc->release = snapshot_free;
+    zc->arg = snap;
+    return zc;
+}
+
+/* Sends [rid]? header raw... ; `flags` is ZMQ_DONTWAIT or 0. Takes ownership of f->header. *zc:
+ * the hold of the caller's zero-copy buffers, or NULL: then, once the header is accepted (a full
+ * queue refuses the first frame, so a refused send costs no copy), the raw frames are copied into
+ * a snapshot whose hold is returned in *zc. */
+static int tx_frames(void *sock, const fs_link_peer *peer, fs_wire_frames *f, zc_hold **zcp,
                      int flags, fs_diag *d)
 {
     zmq_msg_t m;
@@ -219,6 +257,9 @@ static int tx_frames(void *sock, const fs_link_peer *peer, fs_wire_frames *f, zc
     for (size_t i = 0; i < f->n_frames; i++) {
         int more = i + 1 < f->n_frames ? ZMQ_SNDMORE : 0;
         int rc;
+        if (i == 1 && !*zcp && f->n_frames > 2)
+            *zcp = snapshot_frames(f);
+        zc_hold *zc = *zcp;
         if (i == 0) {
             rc = zmq_msg_init_data(&m, f->header, f->header_len, free_cb, NULL);
             if (rc == 0)
@@ -247,36 +288,6 @@ static int tx_frames(void *sock, const fs_link_peer *peer, fs_wire_frames *f, zc
     return 0;
 }
 
-static void snapshot_free(void *arg)
-{
-    fs_free(arg);
-}
-
-/* A copying send of a message with several raw frames copies them all into one snapshot buffer
- * and sends that zero-copy (freed when libzmq has released its last frame), instead of one
- * zmq_msg_init_size + memcpy per frame. Measured (docs/protocol.md §8.1): per-frame buffers of
- * 256 KiB, allocated on this thread and freed on libzmq's I/O thread, came back as fresh pages
- * every time: 230-290 ms of CPU per 64 MiB on the sending thread, against one copy into a
- * huge-page buffer. Takes the place of release/arg; 0 or FS_ENOMEM. */
-static int snapshot_frames(fs_wire_frames *f, void (**release)(void *), void **arg, fs_diag *d)
-{
-    size_t total = 0;
-    for (size_t i = 1; i < f->n_frames; i++)
-        total += f->frames[i].len; /* no overflow: the encoder checked every tensor's size */
-    uint8_t *snap = fs_wire_alloc_big(total);
-    if (!snap)
-        return fs_diag_set(d, FS_ENOMEM, "send: out of memory (%zu bytes)", total);
-    size_t off = 0;
-    for (size_t i = 1; i < f->n_frames; i++) {
-        memcpy(snap + off, f->frames[i].data, f->frames[i].len);
-        f->frames[i].data = snap + off;
-        off += f->frames[i].len;
-    }
-    *release = snapshot_free;
-    *arg = snap;
-    return 0;
-}
-
 static int send_msg(void *sock, const fs_link_peer *peer, const fs_wire_msg *msg, uint64_t seq,
                     size_t chunk, void (*release)(void *), void *arg, int flags, fs_diag *d)
 {
@@ -285,8 +296,6 @@ static int send_msg(void *sock, const fs_link_peer *peer, const fs_wire_msg *msg
     zc_hold *zc = NULL;
     tmp.seq = seq;
     int rc = fs_wire_encode(&tmp, chunk, &f, d);
-    if (rc == 0 && !release && f.n_frames > 2)
-        rc = snapshot_frames(&f, &release, &arg, d);
     if (rc == 0 && release) {
         zc = malloc(sizeof *zc);
         if (!zc)
@@ -298,7 +307,7 @@ static int send_msg(void *sock, const fs_link_peer *peer, const fs_wire_msg *msg
         }
     }
     if (rc == 0)
-        rc = tx_frames(sock, peer, &f, zc, flags, d);
+        rc = tx_frames(sock, peer, &f, &zc, flags, d);
     fs_wire_frames_free(&f);
     if (zc)
         zc_unref(NULL, zc); /* our reference; releases now if libzmq holds none */

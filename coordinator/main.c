@@ -145,11 +145,8 @@ static void on_message(coord *c, const fs_link_peer *peer, fs_wire_msg *m)
         e.type = FS_MSG_ERROR;
         snprintf(e.u.error.code, sizeof e.u.error.code, "hello");
         snprintf(e.u.error.text, sizeof e.u.error.text, "unknown agent: send HELLO first");
-        agent_rec tmp;
-        memset(&tmp, 0, sizeof tmp);
         fs_diag d = {0};
         (void)fs_link_server_send(c->link, peer, &e, &d);
-        (void)tmp;
         return;
     }
     a->peer = *peer;

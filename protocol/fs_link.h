@@ -55,6 +55,7 @@ typedef struct {
     char name[65];     /* the ZAP User-Id = allow-list name (never taken from the payload) */
     uint8_t rid[256];  /* ROUTER routing id of the latest message from it (changes on reconnect) */
     size_t rid_len;
+    char address[64];  /* the peer's IP address as the ROUTER saw it ("" if libzmq did not say) */
 } fs_link_peer;
 
 /* Counters (monotonic) for tests and status lines. */

@@ -552,6 +552,8 @@ static int server_recv_one(fs_link_server *s, fs_link_peer *peer, fs_wire_msg **
         goto out;
     }
     snprintf(peer->name, sizeof peer->name, "%s", uid);
+    const char *addr = zmq_msg_gets(&r.m[1], "Peer-Address");
+    snprintf(peer->address, sizeof peer->address, "%s", addr ? addr : "");
     peer_state *ps = find_peer(s, uid, true);
     if (!ps) {
         rc = fs_diag_set(d, FS_EAGAIN, "out of memory for peer '%s'", uid);

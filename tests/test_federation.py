@@ -128,8 +128,12 @@ class Lab:
     def wait_agents(self, n):
         for _ in range(600):
             p = self.ctl("--json", "agents", check=False)
-            if p.returncode == 0 and sum(a["connected"] for a in json.loads(p.stdout)["agents"]) >= n:
-                return
+            if p.returncode == 0:
+                agents = [a for a in json.loads(p.stdout)["agents"] if a["connected"]]
+                if len(agents) >= n:
+                    # the registry shows where each connection comes from (loopback here)
+                    assert all(a["address"] == "127.0.0.1" for a in agents), agents
+                    return
             time.sleep(0.1)
         raise AssertionError("agents did not connect: " + self.log("site-1"))
 
@@ -295,6 +299,36 @@ def test_coordinator_killed_and_resumed(parts, teacher):
         lab.stop()
 
 
+def test_agent_stops_without_coordinator(parts):
+    """An agent whose coordinator is gone stops at once on SIGTERM: it knows the connection is
+    down and neither says goodbye nor heartbeats into the void (each such send would block for
+    the send timeout)."""
+    lab = Lab("orphan", parts)
+    try:
+        lab.start_coordinator()
+        lab.start_agent(1)
+        lab.wait_agents(1)
+        lab.procs["coordinator"].kill()
+        lab.procs["coordinator"].wait()
+        for _ in range(200):
+            if "connection to the coordinator lost" in lab.log("site-1"):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the agent did not notice: " + lab.log("site-1"))
+        time.sleep(1)            # let a heartbeat come due
+        agent = lab.procs["site-1"]
+        t0 = time.time()
+        agent.send_signal(signal.SIGTERM)
+        rc = agent.wait(timeout=30)
+        took = time.time() - t0
+        print("# agent without a coordinator stopped in %.2f s" % took)
+        assert rc == 0, (rc, lab.log("site-1"))
+        assert took < 3, took
+    finally:
+        lab.stop()
+
+
 def test_notify_protocol(parts):
     lab = Lab("notify", parts)
     sock_path = os.path.join(lab.dir, "notify.sock")
@@ -355,6 +389,7 @@ def main():
         tests = [("federated_equals_central", lambda: test_federated_equals_central(parts, union, teacher)),
                  ("agent_killed_midjob", lambda: test_agent_killed_midjob(parts, teacher)),
                  ("coordinator_killed_and_resumed", lambda: test_coordinator_killed_and_resumed(parts, teacher)),
+                 ("agent_stops_without_coordinator", lambda: test_agent_stops_without_coordinator(parts)),
                  ("notify_protocol", lambda: test_notify_protocol(parts)),
                  ("ctl_errors", lambda: test_ctl_errors(parts, teacher))]
         only = sys.argv[1:]

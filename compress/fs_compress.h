@@ -28,6 +28,23 @@ int fs_latency(double *sec, fs_model *m, int batch, int reps, fs_diag *d);
  * job makes the same choices). NULL means fs_latency. */
 typedef int (*fs_latency_fn)(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d);
 
+/* Fitting a structural plan to a latency target: `build` makes the student for a FLOPs goal
+ * (fraction of the teacher's FLOPs); fs_fit_latency measures the teacher, then builds at goals
+ * tightened by each miss until a student's latency is <= target x the teacher's, at most
+ * FS_FIT_LATENCY_PLANS times (else an error naming `method`). */
+#define FS_FIT_LATENCY_PLANS 6
+typedef struct {
+    const char *method;         /* for the error message, e.g. "prune-channels" */
+    int (*build)(void *ud, double flops_goal, fs_model **out, fs_diag *d);
+    void *ud;
+    fs_latency_fn latency;      /* NULL: fs_latency */
+    void *latency_ud;
+    int batch, reps;
+} fs_latency_fit;
+/* returns owned: *out, the first student that met the target. */
+int fs_fit_latency(fs_model **out, const fs_model *teacher, double target,
+                   const fs_latency_fit *fit, fs_diag *d);
+
 /* Hooks that make recovery resumable: `resume` is called before the first step and may restore
  * the student's trainable parameters and the optimizer state and say where to continue (*start,
  * the number of steps already done); `checkpoint` is called after every step with the number of

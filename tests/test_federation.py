@@ -47,8 +47,9 @@ def read_st(path):
         if name == "__metadata__":
             continue
         b, e = t["data_offsets"]
-        if t["dtype"] == "F32":
-            out[name] = struct.unpack("<%df" % ((e - b) // 4), raw[8 + n + b:8 + n + e])
+        fmt = {"F32": ("f", 4), "I8": ("b", 1), "U8": ("B", 1)}.get(t["dtype"])
+        if fmt:
+            out[name] = struct.unpack("<%d%s" % ((e - b) // fmt[1], fmt[0]), raw[8 + n + b:8 + n + e])
     return out
 
 
@@ -239,6 +240,37 @@ def test_federated_equals_central(parts, union, teacher):
         lab.stop()
 
 
+def test_int8_federated_equals_central(parts, union, teacher):
+    """int8 through the federation: the activation ranges come from histograms summed over the
+    sites, so the quantized model equals the one calibrated centrally on the union."""
+    lab = Lab("int8", parts)
+    try:
+        lab.start_coordinator()
+        for k in (1, 2, 3):
+            lab.start_agent(k)
+        lab.wait_agents(3)
+        job = lab.submit("[job]\nname = q\nteacher = %s\nagents = site-1, site-2, site-3\n"
+                         "methods = int8\nshots = 0\nbatch = 0\naugment = 0\n"
+                         "step_timeout = 60s\nadmit_timeout = 60s\neval = idx:%s/t10k\n"
+                         % (teacher, FMNIST))
+        s = lab.wait_job(job)
+        assert s["state"] == "done", (s, lab.log("coordinator"))
+        central = os.path.join(lab.dir, "central.safetensors")
+        run(BIN + "/fedslim", "compress", "--model", teacher, "--data", "idx:" + union,
+            "--shots", "0", "--methods", "int8", "--batch", "0", "--augment", "0",
+            "--threads", "1", "-o", central)
+        fed = lab.student(job)
+        q = [k for k, t in read_st(fed).items() if isinstance(t[0], int)]
+        assert q, "no int8 tensors in " + fed
+        d = max_diff(fed, central)
+        print("# int8 federated vs central: %d int8 tensors, max |difference| = %.3g" % (len(q), d))
+        assert d <= 1e-6, d
+        rep = lab.report(job)
+        assert abs(rep["student_accuracy"] - rep["teacher_accuracy"]) < 0.05, rep
+    finally:
+        lab.stop()
+
+
 def test_agent_killed_midjob(parts, teacher):
     lab = Lab("agentkill", parts)
     try:
@@ -387,6 +419,8 @@ def main():
     try:
         parts, union, teacher = setup()
         tests = [("federated_equals_central", lambda: test_federated_equals_central(parts, union, teacher)),
+                 ("int8_federated_equals_central",
+                  lambda: test_int8_federated_equals_central(parts, union, teacher)),
                  ("agent_killed_midjob", lambda: test_agent_killed_midjob(parts, teacher)),
                  ("coordinator_killed_and_resumed", lambda: test_coordinator_killed_and_resumed(parts, teacher)),
                  ("agent_stops_without_coordinator", lambda: test_agent_stops_without_coordinator(parts)),

@@ -311,7 +311,8 @@ int fs_nm_apply(fs_model **out, const fs_model *m, const fs_nm_config *c, int *n
 /* Masked fine-tuning of an N:M student (SR-STE): forward with W*mask, dense gradient plus
  * decay * (1 - mask) * W, the mask recomputed from the dense weights after every step; the
  * result's pruned weights are exactly zero. rc: the recovery (its after_step/before_step hooks
- * are used here and must be NULL; checkpoint hooks are not supported and must be NULL). */
+ * are used here and must be NULL). rc->hooks may checkpoint and resume it: they see the model
+ * holding the dense weights (the state a resumed fine-tuning needs), not W*mask. */
 int fs_nm_finetune(fs_source *src, fs_model *m, const fs_nm_config *c, const fs_recover_config *rc,
                    fs_progress_fn progress, void *ud, double *final_loss, fs_diag *d);
 

@@ -225,6 +225,14 @@ int coord_pump(coord *c, int timeout_ms)
         handle_signals(c);
     if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
         fs_link_server_service_monitor(c->link);
+    char lost[65];
+    while (fs_link_server_take_lost(c->link, lost, sizeof lost)) {
+        agent_rec *a = coord_agent(c, lost);
+        if (a && a->connected) {
+            a->connected = 0;    /* a reconnection says hello again; a job waits out its step */
+            fs_log_kv(FS_LOG_INFO, "agent disconnected", "AGENT", lost, NULL);
+        }
+    }
     if (rc > 0 && (items[0].revents & ZMQ_POLLIN)) {
         for (int k = 0; k < 256; k++) {
             fs_link_peer peer;

@@ -88,6 +88,10 @@ void *fs_link_server_socket(fs_link_server *s);
 void *fs_link_server_monitor_socket(fs_link_server *s);
 /* Drains and logs pending monitor events (never blocks). */
 void fs_link_server_service_monitor(fs_link_server *s);
+/* After fs_link_server_service_monitor (or a rebind): true and `name` filled, once per loss, for
+ * each peer whose latest connection has closed since (a reset, the ZMTP heartbeat timing out, the
+ * agent's process ending). The peer may already be reconnecting; its next message says so. */
+bool fs_link_server_take_lost(fs_link_server *s, char *name, size_t cap);
 
 /* Receives at most one message, waiting up to timeout_ms (-1: forever, 0: poll).
  *   0            *msg = decoded, authenticated, session-checked message (returns owned:

@@ -278,6 +278,8 @@ typedef struct {
     fs_wire_session sess;
     uint64_t tx_seq;
     bool quarantined;
+    int fd;     /* the connection its latest message came on (ZMQ_SRCFD), -1 unknown */
+    bool lost;  /* that connection closed; not yet taken by fs_link_server_take_lost */
 } peer_state;
 
 struct fs_link_server {
@@ -319,6 +321,7 @@ static peer_state *find_peer(fs_link_server *s, const char *name, bool create)
     if (!p)
         return NULL;
     snprintf(p->name, sizeof p->name, "%s", name);
+    p->fd = -1;
     fs_wire_session_init(&p->sess);
     p->sess.garbage_threshold = s->opt.max_garbage;
     if (s->expect_set)
@@ -484,6 +487,12 @@ void fs_link_server_service_monitor(fs_link_server *s)
                            ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
             if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
                 s->st.auth_failures++;
+            if (ev == ZMQ_EVENT_DISCONNECTED)   /* val: the closed connection's fd */
+                for (size_t i = 0; i < s->n_peers; i++)
+                    if (s->peers[i]->fd >= 0 && (uint32_t)s->peers[i]->fd == val) {
+                        s->peers[i]->fd = -1;
+                        s->peers[i]->lost = true;
+                    }
             uint64_t supp = 0;
             if (!failure)
                 fs_log_kv(FS_LOG_DEBUG, event_name(ev), "ENDPOINT", addr, "VALUE", vbuf, NULL);
@@ -559,6 +568,8 @@ static int server_recv_one(fs_link_server *s, fs_link_peer *peer, fs_wire_msg **
         rc = fs_diag_set(d, FS_EAGAIN, "out of memory for peer '%s'", uid);
         goto out;
     }
+    ps->fd = zmq_msg_get(&r.m[1], ZMQ_SRCFD);   /* deprecated, but the only link to the monitor */
+    ps->lost = false;
     if (ps->quarantined) {
         s->st.quarantined++;
         rc = fs_diag_set(d, FS_EAGAIN, "'%s' is quarantined: message dropped", uid);
@@ -725,6 +736,11 @@ int fs_link_server_rebind(fs_link_server *s, fs_diag *d)
     char ep[256];
     snprintf(ep, sizeof ep, "%s", s->endpoint);
     close_router(s);
+    for (size_t i = 0; i < s->n_peers; i++)   /* every connection went with the old ROUTER */
+        if (s->peers[i]->fd >= 0) {
+            s->peers[i]->fd = -1;
+            s->peers[i]->lost = true;
+        }
     int rc = open_router(s, ep, d);
     if (rc == 0) {
         s->st.rebinds++;
@@ -750,6 +766,17 @@ int fs_link_server_reload(fs_link_server *s, fs_diag *d)
     if (removed && s->opt.rebind_on_removal)
         return fs_link_server_rebind(s, d);
     return 0;
+}
+
+bool fs_link_server_take_lost(fs_link_server *s, char *name, size_t cap)
+{
+    for (size_t i = 0; i < s->n_peers; i++)
+        if (s->peers[i]->lost) {
+            s->peers[i]->lost = false;
+            snprintf(name, cap, "%s", s->peers[i]->name);
+            return true;
+        }
+    return false;
 }
 
 fs_link_stats fs_link_server_stats(const fs_link_server *s)

@@ -15,6 +15,7 @@ Prints "N passed, M failed" and exits non-zero on failure.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -289,6 +290,12 @@ def test_agent_killed_midjob(parts, teacher):
         print("# site-2 left in %s round %d: %s" % (a2["left_phase"], a2["left_round"], a2["reason"]))
         assert a2["state"] == "left" and a2["left_phase"] == "recover" and a2["left_round"] > 0, a2
         assert [a["state"] for a in rep["agents"] if a["name"] != "site-2"] == ["finished"] * 2
+        # the registry saw the connection close (socket monitor), not just a silence
+        agents = {a["name"]: a for a in json.loads(lab.ctl("--json", "agents").stdout)["agents"]}
+        assert not agents["site-2"]["connected"] and agents["site-2"]["address"] is None, agents
+        assert agents["site-1"]["connected"], agents
+        log = open(os.path.join(lab.dir, "logs", "coordinator.log")).read()
+        assert re.search(r"agent disconnected.*AGENT=site-2", log), log[-3000:]
     finally:
         lab.stop()
 

@@ -156,6 +156,7 @@ typedef struct {
                            residual stream ("stream layer2", "stream conv1+layer1");
                            low-rank: the factorized layer ("layer1.0.conv2", "fc") */
     int before, after;  /* pruning: channels; low-rank: full rank min(OC, C*KH*KW), kept rank */
+    int rank;           /* 1: a low-rank change (ranks), 0: a pruning change (widths) */
 } fs_layer_change;
 
 typedef enum { FS_PRUNE_BN_GAMMA = 1, FS_PRUNE_L1 = 2 } fs_prune_criterion;

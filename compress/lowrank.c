@@ -396,6 +396,7 @@ int fs_lowrank(fs_model **out, const fs_model *teacher, const fs_lowrank_config 
                 snprintf(ch[nf].name, sizeof ch[nf].name, "%s", ls[i].name);
                 ch[nf].before = ls[i].k;
                 ch[nf].after = ranks[i];
+                ch[nf].rank = 1;
                 nf++;
             }
         *changes = ch;

@@ -13,12 +13,21 @@
  *                          reference: crypto_box GB per CPU-second (ideal ratio on loopback: 0.5)
  *   crypto_box_1core       crypto_box_easy_afternm on 1 MiB messages, one core (CurveZMQ's
  *                          per-frame operation)
+ *   <name>_cpu_ms_<role>   (transfer_curve_64mib, zmq_curve_only_64mib) CPU ms per 64 MiB of each
+ *                          thread: rx_app (receive + decode), rx_io / tx_io (libzmq's I/O threads:
+ *                          TCP, CURVE decrypt / encrypt), tx_app (encode + enqueue), other
+ *   <name>_busiest_thread_bound  bytes / CPU time of the busiest thread: the throughput if every
+ *                          thread had its own core, as with sender and receiver on two hosts (an
+ *                          upper bound computed from CPU time, robust to load; not wall-clock);
+ *                          reference: crypto_box GB per CPU-second
+ *   transfer_curve_64mib_chunk<K>_{rx,tx}_io_cpu_ms  the I/O threads' CPU ms in the sweep
  * Prints one JSON object per line: {"name", "value" (GB/s), "unit", "reference", "ratio"}.
  * Each figure is the best of `reps` runs (default 5): the machine is shared.
  *
- * Usage: bench_transfer [reps]
+ * Usage: bench_transfer [reps] [part]   (part: see main)
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -29,6 +38,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -49,10 +59,99 @@ static double cpu_sec(void)
            ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
 }
 
-/* best GB/s of a run, and GB per CPU-second over all runs */
+/* CPU seconds per thread role, from /proc/self/task/<tid>/schedstat (ns on a CPU). Roles: rx_app
+ * = the main thread (receives and decodes), tx_app = the sender thread (it stores its tid in
+ * g_tx_tid), tx_io / rx_io = libzmq's I/O threads ("ZMQbg/IO/0") of the sender's and the
+ * receiver's context: each bench creates the sender's context's first socket before the
+ * receiver's, and libzmq starts a context's I/O thread at its first socket, so the lower tid is the
+ * sender's. other = reaper, ZAP handler, monitor. */
+typedef struct {
+    double rx_app, tx_app, tx_io, rx_io, other;
+} thread_cpu;
+
+static atomic_int g_tx_tid;
+
+static void thread_cpu_read(thread_cpu *t)
+{
+    memset(t, 0, sizeof *t);
+    struct {
+        int tid;
+        double sec;
+    } io[16];
+    size_t n_io = 0;
+    DIR *dir = opendir("/proc/self/task");
+    struct dirent *e;
+    while (dir && (e = readdir(dir)) != NULL) {
+        int tid = atoi(e->d_name);
+        if (tid <= 0)
+            continue;
+        char path[96], comm[32] = "";
+        unsigned long long ns = 0;
+        snprintf(path, sizeof path, "/proc/self/task/%d/schedstat", tid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fscanf(f, "%llu", &ns) != 1)
+            ns = 0;
+        fclose(f);
+        snprintf(path, sizeof path, "/proc/self/task/%d/comm", tid);
+        if ((f = fopen(path, "r"))) {
+            if (!fgets(comm, sizeof comm, f))
+                comm[0] = '\0';
+            fclose(f);
+        }
+        double sec = (double)ns / 1e9;
+        if (tid == (int)getpid())
+            t->rx_app += sec;
+        else if (tid == atomic_load(&g_tx_tid))
+            t->tx_app += sec;
+        else if (!strncmp(comm, "ZMQbg/IO/", 9) && n_io < 16)
+            io[n_io++] = (typeof(io[0])){tid, sec};
+        else
+            t->other += sec;
+    }
+    if (dir)
+        closedir(dir);
+    for (size_t i = 1; i < n_io; i++) /* by tid: the sender's context's I/O thread first */
+        for (size_t j = i; j > 0 && io[j].tid < io[j - 1].tid; j--) {
+            typeof(io[0]) x = io[j];
+            io[j] = io[j - 1];
+            io[j - 1] = x;
+        }
+    for (size_t i = 0; i < n_io; i++)
+        *(i == 0 ? &t->tx_io : i == 1 ? &t->rx_io : &t->other) += io[i].sec;
+}
+
+/* Waits until the sender thread has published its tid (thread_cpu_read needs it). */
+static void wait_tx_tid(void)
+{
+    while (!atomic_load(&g_tx_tid))
+        usleep(1000);
+}
+
+static thread_cpu thread_cpu_since(const thread_cpu *t0)
+{
+    thread_cpu t;
+    thread_cpu_read(&t);
+    t.rx_app -= t0->rx_app;
+    t.tx_app -= t0->tx_app;
+    t.tx_io -= t0->tx_io;
+    t.rx_io -= t0->rx_io;
+    t.other -= t0->other;
+    /* a thread that exited in between (bench_plain's sender after its last send) took its CPU
+     * time with it: count it as 0, not negative */
+    double *v[] = {&t.rx_app, &t.tx_app, &t.tx_io, &t.rx_io, &t.other};
+    for (size_t i = 0; i < 5; i++)
+        if (*v[i] < 0)
+            *v[i] = 0;
+    return t;
+}
+
+/* best GB/s of a run, GB per CPU-second over all runs, CPU per thread role over all runs */
 typedef struct {
     double gbs;
     double gb_per_cpu;
+    thread_cpu th;
 } result;
 
 static void emit(const char *name, double value, const char *unit, double reference)
@@ -97,7 +196,7 @@ static result bench_crypto_box(int reps)
         if (gbs > best)
             best = gbs;
     }
-    result res = {best, (double)TOTAL * reps / 1e9 / (cpu_sec() - c0)};
+    result res = {best, (double)TOTAL * reps / 1e9 / (cpu_sec() - c0), {0, 0, 0, 0, 0}};
     free(m);
     free(c);
     return res;
@@ -192,6 +291,7 @@ static void nop_free(void *data, void *hint)
 static void *plain_send_main(void *arg)
 {
     plain_sender *p = arg;
+    atomic_store(&g_tx_tid, (int)syscall(SYS_gettid));
     for (int r = 0; r < p->reps; r++) {
         uint8_t rid[256];
         int n = zmq_recv(p->router, rid, sizeof rid, 0);
@@ -238,8 +338,12 @@ static result bench_plain(int reps, size_t chunk, const uint8_t *tensor, bool cu
         die("plain zmq", zmq_strerror(errno));
     plain_sender ps = {r, (uint8_t *)tensor, chunk, reps};
     pthread_t th;
+    atomic_store(&g_tx_tid, 0);
     pthread_create(&th, NULL, plain_send_main, &ps);
     uint8_t *dst = fs_alloc(TOTAL);
+    wait_tx_tid();
+    thread_cpu th0;
+    thread_cpu_read(&th0);
     double best = 0, c0 = cpu_sec();
     for (int i = 0; i < reps; i++) {
         uint64_t t0 = fs_now_usec();
@@ -266,7 +370,7 @@ static result bench_plain(int reps, size_t chunk, const uint8_t *tensor, bool cu
         if (gbs > best)
             best = gbs;
     }
-    result res = {best, (double)TOTAL * reps / 1e9 / (cpu_sec() - c0)};
+    result res = {best, (double)TOTAL * reps / 1e9 / (cpu_sec() - c0), thread_cpu_since(&th0)};
     pthread_join(th, NULL);
     fs_free(dst);
     zmq_close(r);
@@ -294,6 +398,7 @@ static void nop_release(void *arg)
 static void *curve_send_main(void *arg)
 {
     curve_sender *c = arg;
+    atomic_store(&g_tx_tid, (int)syscall(SYS_gettid));
     fs_wire_tensor t = {.name = "w", .dtype = FS_WIRE_F32, .ndim = 1, .shape = {TOTAL / 4},
                         .data = (void *)c->tensor, .nbytes = TOTAL};
     fs_wire_msg m = {.type = FS_MSG_COMPUTE_REQ, .tensors = &t, .n_tensors = 1};
@@ -349,10 +454,14 @@ static result bench_curve(int reps, size_t chunk, const uint8_t *tensor, const c
     curve_sender cs = {.srv = srv, .tensor = tensor};
     atomic_init(&cs.stop, 0);
     pthread_t th;
+    atomic_store(&g_tx_tid, 0);
     pthread_create(&th, NULL, curve_send_main, &cs);
+    wait_tx_tid();
     fs_wire_msg hb = {.type = FS_MSG_HEARTBEAT};
-    double best = 0, cpu = 0;
+    double best = 0, cpu = 0, check_sec = 0;
+    thread_cpu sum = {0, 0, 0, 0, 0}, th0;
     for (int i = 0; i < reps; i++) {
+        thread_cpu_read(&th0);
         double c0 = cpu_sec();
         uint64_t t0 = fs_now_usec();
         if (fs_link_client_send(cl, &hb, &d))
@@ -366,13 +475,25 @@ static result bench_curve(int reps, size_t chunk, const uint8_t *tensor, const c
         if (got->n_tensors != 1 || got->tensors[0].nbytes != TOTAL)
             die("curve", "wrong tensor received");
         double gbs = (double)TOTAL / ((double)(fs_now_usec() - t0) / 1e6) / 1e9;
-        if (i == 0 && memcmp(got->tensors[0].data, tensor, TOTAL) != 0)
-            die("curve", "tensor bytes differ");
-        cpu += cpu_sec() - c0; /* the first-run memcmp is included: small next to the rest */
-        fs_wire_msg_free(got);
+        if (i == 0) { /* once; its CPU time is taken out of the figures */
+            double k0 = cpu_sec();
+            if (memcmp(got->tensors[0].data, tensor, TOTAL) != 0)
+                die("curve", "tensor bytes differ");
+            check_sec = cpu_sec() - k0;
+        }
+        fs_wire_msg_free(got); /* part of the receiver's cost (unmapping the tensor) */
+        cpu += cpu_sec() - c0;
+        thread_cpu t = thread_cpu_since(&th0);
+        sum.rx_app += t.rx_app;
+        sum.tx_app += t.tx_app;
+        sum.tx_io += t.tx_io;
+        sum.rx_io += t.rx_io;
+        sum.other += t.other;
         if (gbs > best)
             best = gbs;
     }
+    cpu -= check_sec;
+    sum.rx_app -= check_sec;
     atomic_store(&cs.stop, 1);
     pthread_join(th, NULL);
     fs_link_client_close(cl);
@@ -382,8 +503,41 @@ static result bench_curve(int reps, size_t chunk, const uint8_t *tensor, const c
     sodium_memzero(ssec, sizeof ssec);
     sodium_memzero(csec, sizeof csec);
     unlink(path);
-    result res = {best, (double)TOTAL * reps / 1e9 / cpu};
+    result res = {best, (double)TOTAL * reps / 1e9 / cpu, sum};
     return res;
+}
+
+/* CPU milliseconds per 64 MiB transfer of each thread role, and the throughput the busiest thread
+ * allows if every thread had a core of its own (as with sender and receiver on separate hosts,
+ * each with >= 2 cores): bytes / CPU time of the busiest thread. An upper bound from CPU time,
+ * not a measurement of wall-clock time; reference: crypto_box's GB per CPU-second (CPU time on
+ * both sides, so the ratio holds up when other work shares the cores). */
+static void emit_threads(const char *name, const result *r, int reps, double box_gb_per_cpu)
+{
+    const char *role[] = {"rx_app", "rx_io", "tx_io", "tx_app", "other"};
+    double v[] = {r->th.rx_app, r->th.rx_io, r->th.tx_io, r->th.tx_app, r->th.other};
+    char n[96];
+    double busiest = 0;
+    for (size_t i = 0; i < 5; i++) {
+        snprintf(n, sizeof n, "%s_cpu_ms_%s", name, role[i]);
+        emit(n, v[i] / reps * 1e3, "ms", 0);
+        if (i < 4 && v[i] > busiest)
+            busiest = v[i];
+    }
+    snprintf(n, sizeof n, "%s_busiest_thread_bound", name);
+    if (busiest > 0)
+        emit(n, (double)TOTAL * reps / 1e9 / busiest, "GB/cpu-s", box_gb_per_cpu);
+}
+
+static bool want(const char *list, const char *part)
+{
+    size_t n = strlen(part);
+    for (const char *p = list; p; p = strchr(p, ',')) {
+        p += *p == ',';
+        if (!strncmp(p, part, n) && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    }
+    return !list;
 }
 
 int main(int argc, char **argv)
@@ -402,29 +556,56 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < TOTAL; i++)
         tensor[i] = (uint8_t)(i * 2654435761u >> 13);
 
-    result box = bench_crypto_box(reps);
-    double tcp = bench_tcp(reps);
-    result plain = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, false);
-    result zcurve = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, true);
-    result curve = bench_curve(reps, FS_WIRE_CHUNK_DEFAULT, tensor, dir);
-    emit("crypto_box_1core", box.gbs, "GB/s", 0);
-    emit("tcp_raw_64mib", tcp, "GB/s", 0);
-    emit("transfer_plain_64mib", plain.gbs, "GB/s", tcp);
-    emit("zmq_curve_only_64mib", zcurve.gbs, "GB/s", box.gbs);
-    emit("zmq_curve_only_64mib_per_cpu", zcurve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
-    emit("transfer_curve_64mib", curve.gbs, "GB/s", box.gbs);
-    /* GB moved per CPU-second of the whole process vs crypto_box's GB per CPU-second. A loopback
-     * transfer encrypts AND decrypts every byte on this machine, so 0.5 is the ideal ratio here. */
-    emit("transfer_curve_64mib_per_cpu", curve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
-    static const size_t CHUNKS[] = {(size_t)32 << 10, (size_t)64 << 10, (size_t)128 << 10, (size_t)256 << 10, (size_t)1 << 20, (size_t)4 << 20};
-    for (size_t i = 0; i < sizeof CHUNKS / sizeof CHUNKS[0]; i++) {
+    /* argv[2] (optional): a comma-separated list of the parts to run ("box", "tcp", "plain",
+     * "zmq_curve", "curve", "sweep"), e.g. for a profiler; ratios need "box" in the same run. */
+    const char *only = argc > 2 ? argv[2] : NULL;
+#define WANT(part) want(only, part)
+    result box = {0}, plain = {0}, zcurve = {0}, curve = {0};
+    double tcp = 0;
+    if (WANT("box"))
+        box = bench_crypto_box(reps);
+    if (WANT("tcp"))
+        tcp = bench_tcp(reps);
+    if (WANT("plain"))
+        plain = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, false);
+    if (WANT("zmq_curve"))
+        zcurve = bench_plain(reps, FS_WIRE_CHUNK_DEFAULT, tensor, true);
+    if (WANT("curve"))
+        curve = bench_curve(reps, FS_WIRE_CHUNK_DEFAULT, tensor, dir);
+    if (WANT("box"))
+        emit("crypto_box_1core", box.gbs, "GB/s", 0);
+    if (WANT("tcp"))
+        emit("tcp_raw_64mib", tcp, "GB/s", 0);
+    if (WANT("plain"))
+        emit("transfer_plain_64mib", plain.gbs, "GB/s", tcp);
+    if (WANT("zmq_curve")) {
+        emit("zmq_curve_only_64mib", zcurve.gbs, "GB/s", box.gbs);
+        emit("zmq_curve_only_64mib_per_cpu", zcurve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
+        emit_threads("zmq_curve_only_64mib", &zcurve, reps, box.gb_per_cpu);
+    }
+    if (WANT("curve")) {
+        emit("transfer_curve_64mib", curve.gbs, "GB/s", box.gbs);
+        /* GB moved per CPU-second of the whole process vs crypto_box's GB per CPU-second. A
+         * loopback transfer encrypts AND decrypts every byte on this machine, so 0.5 is the ideal
+         * ratio here. */
+        emit("transfer_curve_64mib_per_cpu", curve.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
+        emit_threads("transfer_curve_64mib", &curve, reps, box.gb_per_cpu);
+    }
+    static const size_t CHUNKS[] = {(size_t)32 << 10, (size_t)64 << 10,  (size_t)128 << 10,
+                                    (size_t)256 << 10, (size_t)1 << 20, (size_t)4 << 20};
+    for (size_t i = 0; WANT("sweep") && i < sizeof CHUNKS / sizeof CHUNKS[0]; i++) {
         char name[64];
         result r = bench_curve(reps, CHUNKS[i], tensor, dir);
         snprintf(name, sizeof name, "transfer_curve_64mib_chunk%zuk", CHUNKS[i] >> 10);
         emit(name, r.gbs, "GB/s", box.gbs);
         snprintf(name, sizeof name, "transfer_curve_64mib_chunk%zuk_per_cpu", CHUNKS[i] >> 10);
         emit(name, r.gb_per_cpu, "GB/cpu-s", box.gb_per_cpu);
+        snprintf(name, sizeof name, "transfer_curve_64mib_chunk%zuk_rx_io_cpu_ms", CHUNKS[i] >> 10);
+        emit(name, r.th.rx_io / reps * 1e3, "ms", 0);
+        snprintf(name, sizeof name, "transfer_curve_64mib_chunk%zuk_tx_io_cpu_ms", CHUNKS[i] >> 10);
+        emit(name, r.th.tx_io / reps * 1e3, "ms", 0);
     }
+#undef WANT
     fs_free(tensor);
     rmdir(dir);
     return 0;

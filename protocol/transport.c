@@ -68,12 +68,17 @@ static int common_sockopts(void *s, const fs_link_options *o)
 
 /* ---- receiving: frames under caps ---------------------------------------------------------- */
 
+/* One received multipart message. Frames that a layout placed into their tensor's buffer on
+ * arrival were freed at once: their slot in m[] is an empty message and b[] points at the copy;
+ * every other frame is kept in m[] and b[] points into it. */
 typedef struct {
     zmq_msg_t *m;
+    fs_wire_buf *b;
     size_t n, cap;
     bool over;        /* limits exceeded: frames past the limit were drained, not kept */
     size_t frames;    /* frames seen */
     size_t bytes;     /* bytes seen */
+    fs_wire_layout *lay; /* from the header frame, if it announces tensors */
 } rxbuf;
 
 static void rx_close(rxbuf *r)
@@ -81,12 +86,21 @@ static void rx_close(rxbuf *r)
     for (size_t i = 0; i < r->n; i++)
         zmq_msg_close(&r->m[i]);
     free(r->m);
+    free(r->b);
+    fs_wire_layout_free(r->lay);
     memset(r, 0, sizeof *r);
 }
 
+/* Whether to plan a layout from header frame `hdr` (the server first checks the peer). */
+typedef bool (*rx_plan_ok)(void *arg, zmq_msg_t *hdr);
+
 /* Receives one whole multipart message: keeps at most max_frames frames and max_bytes bytes,
- * drains the rest. 0 (check r->over) or FS_ESYS/FS_ENOMEM. */
-static int rx_multipart(void *sock, rxbuf *r, size_t max_frames, size_t max_bytes, fs_diag *d)
+ * drains the rest. Frame `hdr` is the wire header: if plan_ok allows, the raw frames after it are
+ * copied into the tensors it announces as they arrive (see fs_wire_layout_plan), so a large
+ * message is copied once, from cache, while the rest is still arriving, and its frames do not
+ * pile up. 0 (check r->over) or FS_ESYS/FS_ENOMEM. */
+static int rx_multipart(void *sock, rxbuf *r, size_t max_frames, size_t max_bytes, size_t hdr,
+                        const fs_wire_limits *lim, rx_plan_ok plan_ok, void *arg, fs_diag *d)
 {
     int more = 1;
     memset(r, 0, sizeof *r);
@@ -111,26 +125,47 @@ static int rx_multipart(void *sock, rxbuf *r, size_t max_frames, size_t max_byte
             if (r->n == r->cap) {
                 size_t nc = r->cap ? r->cap * 2 : 8;
                 zmq_msg_t *nm = realloc(r->m, nc * sizeof *nm);
-                if (!nm) {
+                if (nm)
+                    r->m = nm;
+                fs_wire_buf *nb = nm ? realloc(r->b, nc * sizeof *nb) : NULL;
+                if (!nb) {
                     zmq_msg_close(&tmp);
                     r->over = true;
                     continue;
                 }
-                r->m = nm;
+                r->b = nb;
                 r->cap = nc;
             }
-            zmq_msg_init(&r->m[r->n]);
-            zmq_msg_move(&r->m[r->n], &tmp);
-            r->n++;
+            size_t i = r->n++;
+            zmq_msg_init(&r->m[i]);
+            const void *src = zmq_msg_data(&tmp);
+            size_t len = zmq_msg_size(&tmp);
+            void *dst = r->lay && i > hdr ? fs_wire_layout_place(r->lay, i - hdr, len) : NULL;
+            if (dst) {
+                memcpy(dst, src, len); /* the one copy of these payload bytes */
+                r->b[i] = (fs_wire_buf){dst, len};
+            } else {
+                zmq_msg_move(&r->m[i], &tmp);
+                r->b[i] = (fs_wire_buf){NULL, len}; /* data set below: m[] may still move */
+                if (i == hdr && more && (!plan_ok || plan_ok(arg, &r->m[i])))
+                    r->lay = fs_wire_layout_plan(zmq_msg_data(&r->m[i]), len, lim);
+            }
         }
         zmq_msg_close(&tmp);
     }
+    /* A kept frame of <= 33 bytes stores its bytes inside the zmq_msg_t itself, so its data
+     * pointer is only valid once m[] stops moving (realloc). */
+    for (size_t i = 0; i < r->n; i++)
+        if (!r->b[i].data)
+            r->b[i].data = zmq_msg_data(&r->m[i]);
     return 0;
 }
 
-/* Frames kept alive for a decoded message that points into them (MODEL_CHUNK). */
+/* Frames kept alive for a decoded message that points into them (MODEL_CHUNK), with the layout
+ * in case some of them were placed into its buffers. */
 typedef struct {
     size_t n;
+    fs_wire_layout *lay;
     zmq_msg_t m[];
 } held_frames;
 
@@ -139,6 +174,7 @@ static void held_release(void *arg)
     held_frames *h = arg;
     for (size_t i = 0; i < h->n; i++)
         zmq_msg_close(&h->m[i]);
+    fs_wire_layout_free(h->lay);
     free(h);
 }
 
@@ -148,15 +184,7 @@ static int rx_decode(rxbuf *r, size_t first, const fs_wire_limits *lim, fs_wire_
                      uint64_t *peer_version, fs_diag *d)
 {
     size_t n = r->n - first;
-    fs_wire_buf *b = calloc(n ? n : 1, sizeof *b);
-    if (!b)
-        return fs_diag_set(d, FS_ENOMEM, "link: out of memory");
-    for (size_t i = 0; i < n; i++) {
-        b[i].data = zmq_msg_data(&r->m[first + i]);
-        b[i].len = zmq_msg_size(&r->m[first + i]);
-    }
-    int rc = fs_wire_decode(b, n, lim, out, peer_version, d);
-    free(b);
+    int rc = fs_wire_decode_placed(r->b + first, n, lim, r->lay, out, peer_version, d);
     if (rc == 0 && (*out)->type == FS_MSG_MODEL_CHUNK) {
         held_frames *h = malloc(sizeof *h + n * sizeof(zmq_msg_t));
         if (!h) {
@@ -165,10 +193,17 @@ static int rx_decode(rxbuf *r, size_t first, const fs_wire_limits *lim, fs_wire_
             return fs_diag_set(d, FS_ENOMEM, "link: out of memory");
         }
         h->n = n;
+        h->lay = r->lay;
+        r->lay = NULL;
         for (size_t i = 0; i < n; i++) {
             zmq_msg_init(&h->m[i]);
             zmq_msg_move(&h->m[i], &r->m[first + i]);
         }
+        /* the chunk's bytes moved with their frame if they were kept in it (a frame of <= 33
+         * bytes holds them inside the zmq_msg_t) */
+        if ((*out)->u.model_chunk.data == r->b[first + 1].data &&
+            zmq_msg_size(&h->m[1]) == r->b[first + 1].len)
+            (*out)->u.model_chunk.data = zmq_msg_data(&h->m[1]);
         fs_wire_msg_set_release(*out, held_release, h);
     }
     return rc;
@@ -537,11 +572,24 @@ static void server_reply_error(fs_link_server *s, const fs_link_peer *peer, peer
                   NULL);
 }
 
+/* Frames of a peer that server_recv_one will drop (not authenticated, revoked, quarantined) are
+ * not worth placing. */
+static bool server_plan_ok(void *arg, zmq_msg_t *hdr)
+{
+    fs_link_server *s = arg;
+    const char *uid = zmq_msg_gets(hdr, "User-Id");
+    if (!uid || !fs_allowlist_has_name(s->al, uid))
+        return false;
+    peer_state *ps = find_peer(s, uid, false);
+    return !ps || !ps->quarantined;
+}
+
 static int server_recv_one(fs_link_server *s, fs_link_peer *peer, fs_wire_msg **out, fs_diag *d)
 {
     const fs_wire_limits *lim = &s->opt.limits;
     rxbuf r;
-    int rc = rx_multipart(s->router, &r, lim->max_frames + 1, lim->max_message_bytes + 256, d);
+    int rc = rx_multipart(s->router, &r, lim->max_frames + 1, lim->max_message_bytes + 256, 1,
+                          lim, server_plan_ok, s, d);
     if (rc == FS_EAGAIN)
         return FS_ETIMEDOUT;
     if (rc)
@@ -885,7 +933,8 @@ static int client_recv_one(fs_link_client *c, fs_wire_msg **out, fs_diag *d)
 {
     const fs_wire_limits *lim = &c->opt.limits;
     rxbuf r;
-    int rc = rx_multipart(c->sock, &r, lim->max_frames, lim->max_message_bytes, d);
+    int rc = rx_multipart(c->sock, &r, lim->max_frames, lim->max_message_bytes, 0, lim, NULL,
+                          NULL, d);
     if (rc == FS_EAGAIN)
         return FS_ETIMEDOUT;
     if (rc)

@@ -960,6 +960,147 @@ void *fs_wire_alloc_big(size_t total)
     return p;
 }
 
+/* ---- layouts (protocol_internal.h: placed decoding) ---- */
+
+struct fs_wire_layout {
+    size_t n_raw; /* raw frames the header announces */
+    struct {
+        size_t tensor, offset, len;
+    } *frame; /* [1..n_raw]; [0] unused */
+    size_t n_tensors;
+    struct {
+        uint8_t *data; /* allocated at the first placed chunk; NULL once adopted */
+        size_t nbytes;
+    } *tensor;
+};
+
+/* The value of the first key `key` of map `o`, or NULL. */
+static const msgpack_object *map_get(const msgpack_object *o, const char *key)
+{
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    for (uint32_t i = 0; i < o->via.map.size; i++)
+        if (key_is(&o->via.map.ptr[i].key, key))
+            return &o->via.map.ptr[i].val;
+    return NULL;
+}
+
+/* Only a guess at where the frames go: it applies the decoder's descriptor checks so that it is
+ * right for every message the decoder will accept, but fs_wire_decode_placed trusts none of it. */
+fs_wire_layout *fs_wire_layout_plan(const void *header, size_t len, const fs_wire_limits *lim_in)
+{
+    fs_wire_limits lim = lim_in ? *lim_in : fs_wire_limits_default();
+    if (len > lim.max_header_bytes ||
+        fs_mp_precheck(header, len, lim.max_depth, lim.max_objects) != 0)
+        return NULL;
+    msgpack_unpacked res;
+    msgpack_unpacked_init(&res);
+    size_t off = 0;
+    fs_wire_layout *l = NULL;
+    desc *ds = NULL;
+    size_t *first = NULL; /* descriptor index of each tensor's first chunk */
+    bool ok = false;
+    fs_diag d;
+    if (msgpack_unpack_next(&res, header, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len)
+        goto out;
+    const msgpack_object *body = map_get(&res.data, "body");
+    const msgpack_object *arr = body ? map_get(body, "tensors") : NULL;
+    if (!arr || arr->type != MSGPACK_OBJECT_ARRAY)
+        goto out;
+    size_t nd = arr->via.array.size;
+    if (nd == 0 || nd >= lim.max_frames)
+        goto out;
+    ds = malloc(nd * sizeof *ds);
+    first = malloc(nd * sizeof *first);
+    l = calloc(1, sizeof *l);
+    if (!ds || !first || !l || !(l->frame = calloc(nd + 1, sizeof *l->frame)) ||
+        !(l->tensor = calloc(nd, sizeof *l->tensor)))
+        goto out;
+    l->n_raw = nd;
+    for (size_t i = 0; i < nd; i++) {
+        if (decode_desc(&arr->via.array.ptr[i], &ds[i], i, &d) != 0 || ds[i].frame < 1 ||
+            ds[i].frame > nd || l->frame[ds[i].frame].len != 0 || ds[i].len == 0 ||
+            ds[i].len > lim.max_chunk_bytes)
+            goto out;
+        l->frame[ds[i].frame].len = (size_t)ds[i].len; /* marks the frame as used */
+    }
+    size_t sum = 0;
+    for (size_t i = 0; i < nd;) {
+        fs_wire_tensor t = {.dtype = ds[i].dtype, .ndim = ds[i].ndim};
+        memcpy(t.shape, ds[i].shape, sizeof t.shape);
+        size_t total, pos = 0, j;
+        for (size_t k = 0; k < l->n_tensors; k++)
+            if (!strcmp(ds[first[k]].name, ds[i].name))
+                goto out;
+        if (tensor_numel_bytes(&t, &total) != 0 || total > lim.max_tensor_bytes)
+            goto out;
+        for (j = i; j < nd && !strcmp(ds[j].name, ds[i].name); j++) {
+            if (ds[j].dtype != t.dtype || ds[j].ndim != t.ndim ||
+                memcmp(ds[j].shape, t.shape, t.ndim * sizeof t.shape[0]) || ds[j].offset != pos ||
+                ds[j].len > total - pos)
+                goto out;
+            l->frame[ds[j].frame].tensor = l->n_tensors;
+            l->frame[ds[j].frame].offset = pos;
+            pos += ds[j].len;
+        }
+        if (pos != total || j - i > lim.max_chunks || fs_add_size(sum, total, &sum) ||
+            sum > lim.max_message_bytes)
+            goto out;
+        first[l->n_tensors] = i;
+        l->tensor[l->n_tensors++].nbytes = total;
+        i = j;
+    }
+    ok = true;
+out:
+    msgpack_unpacked_destroy(&res);
+    free(ds);
+    free(first);
+    if (!ok) {
+        fs_wire_layout_free(l);
+        l = NULL;
+    }
+    return l;
+}
+
+void *fs_wire_layout_place(fs_wire_layout *l, size_t frame, size_t len)
+{
+    if (!l || frame < 1 || frame > l->n_raw || l->frame[frame].len != len)
+        return NULL;
+    size_t ti = l->frame[frame].tensor;
+    if (!l->tensor[ti].data && !(l->tensor[ti].data = fs_wire_alloc_big(l->tensor[ti].nbytes)))
+        return NULL;
+    return l->tensor[ti].data + l->frame[frame].offset;
+}
+
+void fs_wire_layout_free(fs_wire_layout *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; l->tensor && i < l->n_tensors; i++)
+        fs_free(l->tensor[i].data);
+    free(l->tensor);
+    free(l->frame);
+    free(l);
+}
+
+/* The layout buffer of the tensor being decoded (the m->n_tensors-th) if it holds exactly this
+ * tensor: same size, and every chunk's frame already sits at its offset in it. It then belongs to
+ * the message (NULL in the layout). */
+static uint8_t *adopt_placed(fs_wire_msg *m, size_t total, const desc *ds, size_t n,
+                             const fs_wire_buf *frames)
+{
+    fs_wire_layout *l = m->owned->layout;
+    size_t ti = m->n_tensors;
+    if (!l || ti >= l->n_tensors || !l->tensor[ti].data || l->tensor[ti].nbytes != total)
+        return NULL;
+    uint8_t *buf = l->tensor[ti].data;
+    for (size_t k = 0; k < n; k++)
+        if ((const uint8_t *)frames[ds[k].frame].data != buf + ds[k].offset)
+            return NULL;
+    l->tensor[ti].data = NULL;
+    return buf;
+}
+
 /* Checks descriptors against the frames and reassembles tensors (one memcpy per chunk). */
 static int decode_tensors(fs_wire_msg *m, const msgpack_object *arr, const fs_wire_buf *frames,
                           size_t n_frames, const fs_wire_limits *lim, fs_diag *d)
@@ -1027,14 +1168,16 @@ static int decode_tensors(fs_wire_msg *m, const msgpack_object *arr, const fs_wi
             return fs_diag_set(d, FS_EPROTO, "tensor '%s': %zu chunks (limit %zu)", t->name, j - i,
                                lim->max_chunks);
         /* The size was just proven equal to bytes actually received, and the chunks cover every
-         * byte of it: no need to zero the buffer first. */
-        t->data = fs_wire_alloc_big(total);
+         * byte of it: no need to zero the buffer first. With a layout, the chunks may already be
+         * in their final buffer (fs_wire_decode_placed): adopt it instead of copying again. */
+        uint8_t *placed = adopt_placed(m, total, ds + i, j - i, frames);
+        t->data = placed ? placed : fs_wire_alloc_big(total);
         if (!t->data)
             return fs_diag_set(d, FS_ENOMEM, "tensor '%s': out of memory (%zu bytes)", t->name,
                                total);
         m->n_tensors++; /* from here on fs_wire_msg_free frees t->data */
         t->nbytes = total;
-        for (size_t k = i; k < j; k++)
+        for (size_t k = i; k < j && !placed; k++)
             memcpy((uint8_t *)t->data + ds[k].offset, frames[ds[k].frame].data, ds[k].len);
         i = j;
     }
@@ -1308,6 +1451,13 @@ int fs_mp_precheck(const uint8_t *buf, size_t len, unsigned max_depth, size_t ma
 int fs_wire_decode(const fs_wire_buf *frames, size_t n, const fs_wire_limits *lim_in,
                    fs_wire_msg **out, uint64_t *peer_version, fs_diag *d)
 {
+    return fs_wire_decode_placed(frames, n, lim_in, NULL, out, peer_version, d);
+}
+
+int fs_wire_decode_placed(const fs_wire_buf *frames, size_t n, const fs_wire_limits *lim_in,
+                          fs_wire_layout *layout, fs_wire_msg **out, uint64_t *peer_version,
+                          fs_diag *d)
+{
     fs_wire_limits lim = lim_in ? *lim_in : fs_wire_limits_default();
     int rc;
     *out = NULL;
@@ -1345,6 +1495,7 @@ int fs_wire_decode(const fs_wire_buf *frames, size_t n, const fs_wire_limits *li
         msgpack_unpacked_destroy(&res);
         return fs_diag_set(d, FS_ENOMEM, "decode: out of memory");
     }
+    m->owned->layout = layout;
     const msgpack_object *env = &res.data;
     if (env->type != MSGPACK_OBJECT_MAP) {
         rc = fs_diag_set(d, FS_EPROTO, "envelope: not a map");
@@ -1396,10 +1547,12 @@ int fs_wire_decode(const fs_wire_buf *frames, size_t n, const fs_wire_limits *li
         goto fail;
     }
     msgpack_unpacked_destroy(&res);
+    m->owned->layout = NULL;
     *out = m;
     return 0;
 fail:
     msgpack_unpacked_destroy(&res);
+    m->owned->layout = NULL;
     fs_wire_msg_free(m);
     return rc;
 }

@@ -684,6 +684,101 @@ static void *coordinator_thread(void *arg)
     return NULL;
 }
 
+/* Tensors cross the link in many raw frames, both ways (the receiver copies each frame into its
+ * tensor as it arrives): bytes, shapes and alignment intact, including chunks of <= 33 bytes
+ * (which libzmq stores inside the zmq_msg_t) and a MODEL_CHUNK that small; frames that disagree
+ * with their header are rejected as garbage while the next good message still gets through. */
+static void tensors_cross_in_chunks(void **state)
+{
+    (void)state;
+    fs_link_options o = test_options();
+    o.chunk_bytes = 1000;
+    world w;
+    world_open(&w, &o);
+    fs_link_client *c = client(&w, &g_a1, 3000);
+    static float a[2500];
+    static uint8_t b[7];
+    static double cc[129];
+    for (size_t i = 0; i < 2500; i++)
+        a[i] = (float)i * 0.25f;
+    for (size_t i = 0; i < 7; i++)
+        b[i] = (uint8_t)(200 + i);
+    for (size_t i = 0; i < 129; i++)
+        cc[i] = -(double)i;
+    fs_wire_tensor t[3] = {
+        {.name = "a", .dtype = FS_WIRE_F32, .ndim = 2, .shape = {50, 50}, .data = a,
+         .nbytes = sizeof a},
+        {.name = "b", .dtype = FS_WIRE_U8, .ndim = 1, .shape = {7}, .data = b, .nbytes = sizeof b},
+        {.name = "c", .dtype = FS_WIRE_F64, .ndim = 1, .shape = {129}, .data = cc,
+         .nbytes = sizeof cc},
+    };
+    fs_wire_msg m = {.type = FS_MSG_COMPUTE_REPLY, .tensors = t, .n_tensors = 3};
+    m.u.compute_reply.count = 3;
+    send_ok(c, &m);
+    fs_link_peer peer;
+    fs_wire_msg *got = NULL;
+    assert_int_equal(srv_recv(&w, &peer, &got, 5000), 0);
+    assert_int_equal(got->n_tensors, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(got->tensors[i].name, t[i].name);
+        assert_int_equal(got->tensors[i].nbytes, t[i].nbytes);
+        assert_memory_equal(got->tensors[i].data, t[i].data, t[i].nbytes);
+        assert_int_equal((uintptr_t)got->tensors[i].data % 64, 0);
+    }
+    assert_int_equal(got->tensors[0].shape[1], 50);
+    fs_wire_msg_free(got);
+
+    /* coordinator -> agent, zero-copy */
+    fs_wire_msg req = {.type = FS_MSG_COMPUTE_REQ, .tensors = t, .n_tensors = 3};
+    strcpy(req.u.compute_req.kind, "loss_grad");
+    fs_diag d = {0};
+    atomic_int released;
+    atomic_init(&released, 0);
+    assert_int_equal(fs_link_server_send_zc(w.srv, &peer, &req, release_count, &released, &d), 0);
+    assert_int_equal(cli_recv(c, &got, 5000), 0);
+    assert_int_equal(got->type, FS_MSG_COMPUTE_REQ);
+    for (size_t i = 0; i < 3; i++)
+        assert_memory_equal(got->tensors[i].data, t[i].data, t[i].nbytes);
+    fs_wire_msg_free(got);
+
+    /* a MODEL_CHUNK of 20 bytes: its data lives in the received frame */
+    static uint8_t blob[100];
+    for (size_t i = 0; i < sizeof blob; i++)
+        blob[i] = (uint8_t)(i * 3 + 1);
+    fs_wire_msg mc = {.type = FS_MSG_MODEL_CHUNK};
+    fs_wire_digest(blob, sizeof blob, mc.u.model_chunk.digest);
+    mc.u.model_chunk.total = sizeof blob;
+    mc.u.model_chunk.offset = 80;
+    mc.u.model_chunk.data = blob + 80;
+    mc.u.model_chunk.len = 20;
+    assert_int_equal(fs_link_server_send(w.srv, &peer, &mc, &d), 0);
+    assert_int_equal(cli_recv(c, &got, 5000), 0);
+    assert_int_equal(got->u.model_chunk.len, 20);
+    assert_memory_equal(got->u.model_chunk.data, blob + 80, 20);
+    fs_wire_msg_free(got);
+
+    /* frames that contradict the header: one 4 bytes short, then one missing */
+    fs_wire_frames f;
+    m.seq = 100;
+    assert_int_equal(fs_wire_encode(&m, 1000, &f, &d), 0);
+    uint64_t garbage0 = fs_link_server_stats(w.srv).garbage;
+    f.frames[2].len -= 4;
+    assert_int_equal(fs_link_client_send_raw(c, f.frames, f.n_frames, &d), 0);
+    f.frames[2].len += 4;
+    assert_int_equal(fs_link_client_send_raw(c, f.frames, f.n_frames - 1, &d), 0);
+    fs_wire_frames_free(&f);
+    fs_wire_msg hb;
+    heartbeat(&hb, 0.25);
+    send_ok(c, &hb);
+    assert_int_equal(srv_recv(&w, &peer, &got, 5000), 0);
+    assert_int_equal(got->type, FS_MSG_HEARTBEAT);
+    fs_wire_msg_free(got);
+    assert_int_equal(fs_link_server_stats(w.srv).garbage, garbage0 + 2);
+    fs_link_client_close(c);
+    world_close(&w);
+    assert_int_equal(atomic_load(&released), 1);
+}
+
 static void large_model_transfer(void **state)
 {
     (void)state;
@@ -760,6 +855,7 @@ int main(void)
         cmocka_unit_test(quarantine_after_garbage),
         cmocka_unit_test(removed_key_cut_off_after_reload),
         cmocka_unit_test(removed_key_dropped_before_rebind),
+        cmocka_unit_test(tensors_cross_in_chunks),
         cmocka_unit_test(large_model_transfer),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -24,6 +24,7 @@
 
 #include "fs_keys.h"
 #include "fs_wire.h"
+#include "protocol_internal.h" /* placed decoding is internal to protocol/; tested here */
 
 /* ---- sample messages ------------------------------------------------------------------------ */
 
@@ -655,6 +656,115 @@ static void tensors_strict(void **state)
     assert_non_null(strstr(d.msg, "hello.site"));
 }
 
+/* Placed decoding (what the link does while frames arrive): each raw frame copied into the layout
+ * planned from the header; the decoder adopts the buffers (no second copy) only where every chunk
+ * is where its descriptor says, and accepts/rejects exactly what fs_wire_decode does. */
+static int decode_via_layout(const fs_wire_buf *fb, size_t n, const fs_wire_limits *lim,
+                             fs_wire_msg **out, size_t *adopted, fs_diag *d)
+{
+    fs_wire_layout *l = fs_wire_layout_plan(fb[0].data, fb[0].len, lim);
+    fs_wire_buf placed[16];
+    assert_true(n <= 16);
+    placed[0] = fb[0];
+    for (size_t i = 1; i < n; i++) {
+        void *dst = fs_wire_layout_place(l, i, fb[i].len);
+        placed[i] = fb[i];
+        if (dst) {
+            memcpy(dst, fb[i].data, fb[i].len);
+            placed[i].data = dst;
+        }
+    }
+    int rc = fs_wire_decode_placed(placed, n, lim, l, out, NULL, d);
+    *adopted = 0;
+    for (size_t t = 0; rc == 0 && t < (*out)->n_tensors; t++)
+        for (size_t i = 1; i < n; i++)
+            if ((*out)->tensors[t].data == placed[i].data) /* a chunk at offset 0 of its tensor */
+                ++*adopted;
+    fs_wire_layout_free(l);
+    return rc;
+}
+
+static void placed_decoding(void **state)
+{
+    (void)state;
+    fs_diag d = {0};
+    fs_wire_msg m;
+    fs_wire_frames f;
+    make_sample(FS_MSG_COMPUTE_REQ, &m);
+    assert_int_equal(fs_wire_encode(&m, VEC_CHUNK, &f, &d), 0);
+    assert_int_equal(f.n_frames, 1 + 3 + 1);
+    fs_wire_buf fb[8];
+    memcpy(fb, f.frames, f.n_frames * sizeof fb[0]);
+    fs_wire_msg *out = NULL, *ref = NULL;
+    size_t adopted = 0;
+    /* both tensors adopted, bytes equal, aligned */
+    assert_int_equal(decode_via_layout(fb, f.n_frames, NULL, &out, &adopted, &d), 0);
+    assert_int_equal(adopted, 2);
+    assert_int_equal(out->n_tensors, 2);
+    assert_memory_equal(out->tensors[0].data, W1, sizeof W1);
+    assert_memory_equal(out->tensors[1].data, B1, sizeof B1);
+    assert_int_equal((uintptr_t)out->tensors[0].data % 64, 0);
+    fs_wire_msg_free(out);
+    /* no layout for a message without tensors; decoding is unchanged */
+    fs_wire_msg hb = {.type = FS_MSG_HEARTBEAT};
+    fs_wire_frames fh;
+    assert_int_equal(fs_wire_encode(&hb, 0, &fh, &d), 0);
+    assert_null(fs_wire_layout_plan(fh.frames[0].data, fh.frames[0].len, NULL));
+    fs_wire_frames_free(&fh);
+    /* the frames lie about themselves: same verdict as fs_wire_decode, nothing adopted wrongly */
+    fs_wire_limits lim = fs_wire_limits_default();
+    struct {
+        size_t n;
+        int frame_delta; /* added to fb[2].len */
+        bool swap12;
+        size_t max_tensor_bytes;
+    } cases[] = {{5, -4, false, 0}, {4, 0, false, 0}, {5, 0, true, 0}, {5, 0, false, 100}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        memcpy(fb, f.frames, f.n_frames * sizeof fb[0]);
+        fb[2].len = (size_t)((long)fb[2].len + cases[c].frame_delta);
+        if (cases[c].swap12) {
+            fs_wire_buf t = fb[1];
+            fb[1] = fb[2];
+            fb[2] = t;
+        }
+        lim = fs_wire_limits_default();
+        if (cases[c].max_tensor_bytes)
+            lim.max_tensor_bytes = cases[c].max_tensor_bytes;
+        int want = fs_wire_decode(fb, cases[c].n, &lim, &ref, NULL, &d);
+        int got = decode_via_layout(fb, cases[c].n, &lim, &out, &adopted, &d);
+        assert_int_equal(got, want);
+        if (want == 0) {
+            assert_int_equal(out->n_tensors, ref->n_tensors);
+            for (size_t t = 0; t < out->n_tensors; t++)
+                assert_memory_equal(out->tensors[t].data, ref->tensors[t].data,
+                                    ref->tensors[t].nbytes);
+            fs_wire_msg_free(out);
+            fs_wire_msg_free(ref);
+        }
+    }
+    /* a frame placed, then handed to the decoder from elsewhere: copied, not adopted */
+    memcpy(fb, f.frames, f.n_frames * sizeof fb[0]);
+    fs_wire_layout *l = fs_wire_layout_plan(fb[0].data, fb[0].len, NULL);
+    assert_non_null(l);
+    fs_wire_buf pl[8];
+    memcpy(pl, fb, sizeof pl);
+    for (size_t i = 1; i < f.n_frames; i++) {
+        void *dst = fs_wire_layout_place(l, i, fb[i].len);
+        assert_non_null(dst);
+        memcpy(dst, fb[i].data, fb[i].len);
+        if (i != 2)
+            pl[i].data = dst;
+    }
+    assert_null(fs_wire_layout_place(l, 1, fb[1].len + 1)); /* not the descriptor's length */
+    assert_null(fs_wire_layout_place(l, 9, 4));             /* no such frame */
+    assert_int_equal(fs_wire_decode_placed(pl, f.n_frames, NULL, l, &out, NULL, &d), 0);
+    assert_memory_equal(out->tensors[0].data, W1, sizeof W1);
+    assert_memory_equal(out->tensors[1].data, B1, sizeof B1);
+    fs_wire_msg_free(out);
+    fs_wire_layout_free(l); /* frees tensor 0's buffer, which was not adopted */
+    fs_wire_frames_free(&f);
+}
+
 static void big_tensor_roundtrip(void **state)
 {
     (void)state;
@@ -920,7 +1030,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(golden_vectors),   cmocka_unit_test(decoder_rejects),
         cmocka_unit_test(precheck_bombs),   cmocka_unit_test(tensors_strict),
-        cmocka_unit_test(big_tensor_roundtrip), cmocka_unit_test(session_rules),
+        cmocka_unit_test(big_tensor_roundtrip), cmocka_unit_test(placed_decoding),
+        cmocka_unit_test(session_rules),
         cmocka_unit_test(model_transfer),   cmocka_unit_test(allowlist_parse),
         cmocka_unit_test(keys_files),
     };

@@ -128,7 +128,7 @@ static int rx_multipart(void *sock, rxbuf *r, size_t max_frames, size_t max_byte
     return 0;
 }
 
-/* Frames kept alive for a decoded message that points into them (MODEL_CHUNK). */
+/* Frames kept alive for a decoded message that points into them (MODEL_CHUNK, COMPUTE_PART). */
 typedef struct {
     size_t n;
     zmq_msg_t m[];
@@ -157,7 +157,7 @@ static int rx_decode(rxbuf *r, size_t first, const fs_wire_limits *lim, fs_wire_
     }
     int rc = fs_wire_decode(b, n, lim, out, peer_version, d);
     free(b);
-    if (rc == 0 && (*out)->type == FS_MSG_MODEL_CHUNK) {
+    if (rc == 0 && ((*out)->type == FS_MSG_MODEL_CHUNK || (*out)->type == FS_MSG_COMPUTE_PART)) {
         held_frames *h = malloc(sizeof *h + n * sizeof(zmq_msg_t));
         if (!h) {
             fs_wire_msg_free(*out);

@@ -310,7 +310,11 @@ static void on_compute(agent *a, const fs_wire_msg *req)
     snprintf(reply.job, sizeof reply.job, "%s", req->job);
     reply.round = req->round;
     reply.step = req->step;
-    send_msg(a, &reply);
+    /* whole, or streamed in parts when the request asks for it (fs_fed_send_reply) */
+    rc = fs_fed_send_reply(a->link, req, &reply, a->cfg.limits.chunk_size, &d);
+    if (rc)
+        fs_log_kv(FS_LOG_WARNING, "send failed", "TYPE", "COMPUTE_REPLY", "REASON",
+                  fs_diag_text(&d, rc), NULL);
 }
 
 /* Drains the socket monitor: each event is two frames, the first starting with the 16-bit event

@@ -78,12 +78,16 @@ static void record(coord *c, const char *agent, const fs_wire_msg *m)
 {
     if (!c->record)
         return;
-    size_t bytes = 0;
+    size_t bytes = 0, n = m->n_tensors;
     for (size_t i = 0; i < m->n_tensors; i++)
-        bytes += m->tensors[i].nbytes;
+        bytes += m->tensors[i].nbytes;   /* COMPUTE_HEAD: the bytes it announces */
+    if (m->type == FS_MSG_COMPUTE_PART) {
+        n = m->u.compute_part.n_slices;
+        for (size_t i = 0; i < n; i++)
+            bytes += m->u.compute_part.slices[i].len;
+    }
     const char *kind = m->type == FS_MSG_COMPUTE_REQ ? m->u.compute_req.kind : "-";
-    fprintf(c->record, "%s %s %s %zu %zu\n", agent, fs_msg_type_name(m->type), kind, m->n_tensors,
-            bytes);
+    fprintf(c->record, "%s %s %s %zu %zu\n", agent, fs_msg_type_name(m->type), kind, n, bytes);
     fflush(c->record);
 }
 
@@ -334,6 +338,9 @@ int main(int argc, char **argv)
     lo.limits.max_message_bytes = c->cfg.limits.max_message;
     lo.limits.max_frames = (size_t)c->cfg.limits.max_frames + 1;
     lo.max_garbage = (unsigned)c->cfg.limits.max_protocol_errors;
+    /* what libzmq may queue per agent: with streamed replies the coordinator holds about
+       rcvhwm parts per agent in flight besides the one model-sized sum (docs/federation.md) */
+    lo.rcvhwm = FS_FED_COORD_RCVHWM;
     rc = fs_link_server_open(&c->link, c->zctx, c->cfg.listen, sec, c->cfg.allow_list, &lo, &d);
     sodium_memzero(sec, sizeof sec);
     if (rc == 0)

@@ -161,8 +161,8 @@ static int rx_multipart(void *sock, rxbuf *r, size_t max_frames, size_t max_byte
     return 0;
 }
 
-/* Frames kept alive for a decoded message that points into them (MODEL_CHUNK), with the layout
- * in case some of them were placed into its buffers. */
+/* Frames kept alive for a decoded message that points into them (MODEL_CHUNK, COMPUTE_PART),
+ * with the layout in case some of them were placed into its buffers. */
 typedef struct {
     size_t n;
     fs_wire_layout *lay;
@@ -185,7 +185,7 @@ static int rx_decode(rxbuf *r, size_t first, const fs_wire_limits *lim, fs_wire_
 {
     size_t n = r->n - first;
     int rc = fs_wire_decode_placed(r->b + first, n, lim, r->lay, out, peer_version, d);
-    if (rc == 0 && (*out)->type == FS_MSG_MODEL_CHUNK) {
+    if (rc == 0 && ((*out)->type == FS_MSG_MODEL_CHUNK || (*out)->type == FS_MSG_COMPUTE_PART)) {
         held_frames *h = malloc(sizeof *h + n * sizeof(zmq_msg_t));
         if (!h) {
             fs_wire_msg_free(*out);
@@ -199,11 +199,23 @@ static int rx_decode(rxbuf *r, size_t first, const fs_wire_limits *lim, fs_wire_
             zmq_msg_init(&h->m[i]);
             zmq_msg_move(&h->m[i], &r->m[first + i]);
         }
-        /* the chunk's bytes moved with their frame if they were kept in it (a frame of <= 33
-         * bytes holds them inside the zmq_msg_t) */
-        if ((*out)->u.model_chunk.data == r->b[first + 1].data &&
-            zmq_msg_size(&h->m[1]) == r->b[first + 1].len)
-            (*out)->u.model_chunk.data = zmq_msg_data(&h->m[1]);
+        /* the bytes moved with their frame if they were kept in it (a frame of <= 33 bytes
+         * holds them inside the zmq_msg_t) */
+        if ((*out)->type == FS_MSG_MODEL_CHUNK) {
+            if ((*out)->u.model_chunk.data == r->b[first + 1].data &&
+                zmq_msg_size(&h->m[1]) == r->b[first + 1].len)
+                (*out)->u.model_chunk.data = zmq_msg_data(&h->m[1]);
+        } else {
+            /* the decoder allocated the slices; only the link re-points them */
+            fs_wire_slice *sl = (fs_wire_slice *)(*out)->u.compute_part.slices;
+            for (size_t k = 0; k < (*out)->u.compute_part.n_slices; k++)
+                for (size_t i = 1; i < n; i++)
+                    if (sl[k].data == r->b[first + i].data &&
+                        zmq_msg_size(&h->m[i]) == r->b[first + i].len) {
+                        sl[k].data = zmq_msg_data(&h->m[i]);
+                        break;
+                    }
+        }
         fs_wire_msg_set_release(*out, held_release, h);
     }
     return rc;

@@ -211,7 +211,9 @@ def test_federated_equals_central(parts, union, teacher):
         for k in (1, 2, 3):
             lab.start_agent(k)
         lab.wait_agents(3)
-        job = lab.submit(job_ini(teacher, extra="eval = idx:%s/t10k\n" % FMNIST))
+        # 4 KiB parts: every gradient reply streams (COMPUTE_HEAD + COMPUTE_PART), so the equality
+        # below also holds for sums added part by part as they arrive
+        job = lab.submit(job_ini(teacher, extra="eval = idx:%s/t10k\nstream_part = 4KiB\n" % FMNIST))
         s = lab.wait_job(job)
         assert s["state"] == "done", s
         central = os.path.join(lab.dir, "central.safetensors")
@@ -227,14 +229,16 @@ def test_federated_equals_central(parts, union, teacher):
         assert 0 < rep["student_accuracy"] <= 1 and 0 < rep["teacher_accuracy"] <= 1
         # what the agents sent: allowed types only; no payload grows with the local sample count
         allowed = {"HELLO", "HEARTBEAT", "JOB_ACCEPT", "JOB_DECLINE", "MODEL_REQ",
-                   "COMPUTE_REPLY", "ERROR", "BYE"}
+                   "COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART", "ERROR", "BYE"}
         sizes = {}
         for line in open(rec):
             agent, typ, kind, ntens, nbytes = line.split()
             assert typ in allowed, line
             sizes.setdefault(agent, []).append((typ, int(ntens), int(nbytes)))
-        replies = {a: [x for x in v if x[0] == "COMPUTE_REPLY"] for a, v in sizes.items()}
+        kinds = ("COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART")
+        replies = {a: [x for x in v if x[0] in kinds] for a, v in sizes.items()}
         assert len(replies["site-1"]) > 10
+        assert any(x[0] == "COMPUTE_PART" for x in replies["site-1"]), "no reply was streamed"
         # site-3 holds twice the samples of site-1: the same messages, byte for byte the same size
         assert replies["site-1"] == replies["site-3"], (replies["site-1"][:5], replies["site-3"][:5])
     finally:

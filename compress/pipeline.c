@@ -213,6 +213,47 @@ static int recover_student(const fs_pipeline_config *c, fs_model *student, fs_so
     return rc;
 }
 
+/* The drop-blocks student for a latency fraction of the teacher's: the blocks of --drop, or those
+ * fs_practise_choose picks from the teacher's scores; r->dropped records them. */
+static int drop_student(const fs_pipeline_config *c, const fs_model *teacher,
+                        const fs_pipeline_output *out, double share, fs_pipeline_result *r,
+                        fs_model **student, fs_diag *d)
+{
+    const char *names[FS_MAX_STAGES * FS_MAX_BLOCKS];
+    int chosen[FS_MAX_STAGES * FS_MAX_BLOCKS], nc = 0, rc;
+    if (c->n_drop) {
+        for (int i = 0; i < c->n_drop; i++)
+            names[i] = c->drop[i];
+        nc = c->n_drop;
+    } else {
+        if ((rc = fs_practise_choose(out->scores, out->n_scores, share, chosen, &nc, d)) != 0)
+            return rc;
+        for (int i = 0; i < nc; i++)
+            names[i] = out->scores[chosen[i]].name;
+    }
+    for (int i = 0; i < nc; i++)
+        snprintf(r->dropped[i], sizeof r->dropped[i], "%s", names[i]);
+    r->n_dropped = nc;
+    fs_arch sa;
+    if ((rc = fs_arch_drop_blocks(&sa, &teacher->arch, names, nc, d)) != 0)
+        return rc;
+    return fs_student_from_teacher(student, &sa, teacher, NULL, 0, d);
+}
+
+/* Recovers r->model, then measures what the report shows of it. */
+static int finish_result(const fs_pipeline_config *c, fs_source *src, fs_progress_fn progress,
+                         void *ud, fs_pipeline_result *r, fs_diag *d)
+{
+    int rc = recover_student(c, r->model, src, progress, ud, r, d);
+    if (rc)
+        return rc;
+    r->params = fs_model_num_params(r->model);
+    r->flops = fs_model_flops(r->model);
+    if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0)
+        return rc;
+    return fs_source_evaluate(src, r->model, &r->on_source, d);
+}
+
 /* The teacher's latency, size and agreement: the reference every result is compared with. */
 static int measure_teacher(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
                            fs_pipeline_output *out, fs_diag *d)
@@ -299,12 +340,7 @@ static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, 
         if (rc)
             goto done;
         out->n_results++;
-        if ((rc = recover_student(c, r->model, src, progress, ud, r, d)) != 0)
-            goto done;
-        r->params = fs_model_num_params(r->model);
-        r->flops = fs_model_flops(r->model);
-        if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
-            (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
+        if ((rc = finish_result(c, src, progress, ud, r, d)) != 0)
             goto done;
     }
 done:
@@ -365,28 +401,8 @@ static int combined_stage(const fs_pipeline_config *c, int method, const fs_mode
                                                              : FS_COST_LATENCY;
     fs_layer_change *ch = NULL;
     int nch = 0, rc;
-    if (method == FS_METHOD_DROP_BLOCKS) {
-        /* always the first stage: base is the teacher, whose blocks were scored */
-        const char *names[FS_MAX_STAGES * FS_MAX_BLOCKS];
-        int chosen[FS_MAX_STAGES * FS_MAX_BLOCKS], nc = 0;
-        if (c->n_drop) {
-            for (int i = 0; i < c->n_drop; i++)
-                names[i] = c->drop[i];
-            nc = c->n_drop;
-        } else {
-            if ((rc = fs_practise_choose(out->scores, out->n_scores, share, chosen, &nc, d)) != 0)
-                return rc;
-            for (int i = 0; i < nc; i++)
-                names[i] = out->scores[chosen[i]].name;
-        }
-        for (int i = 0; i < nc; i++)
-            snprintf(r->dropped[i], sizeof r->dropped[i], "%s", names[i]);
-        r->n_dropped = nc;
-        fs_arch sa;
-        if ((rc = fs_arch_drop_blocks(&sa, &teacher->arch, names, nc, d)) != 0)
-            return rc;
-        return fs_student_from_teacher(next, &sa, teacher, NULL, 0, d);
-    }
+    if (method == FS_METHOD_DROP_BLOCKS)    /* always the first stage: base is the teacher */
+        return drop_student(c, teacher, out, share, r, next, d);
     rc = method == FS_METHOD_PRUNE_CHANNELS
              ? fs_prune_channels(next, base, &pc, kind, share, &ch, &nch, d)
              : fs_lowrank(next, base, &lc, kind, share, &ch, &nch, d);
@@ -456,12 +472,7 @@ static int run_combined(const fs_pipeline_config *c, fs_model *teacher, fs_sourc
         if (!cur && (rc = fs_model_clone(&cur, teacher, d)) != 0)
             goto fail;
         r->model = cur;
-        if ((rc = recover_student(c, r->model, src, progress, ud, r, d)) != 0)
-            return rc;
-        r->params = fs_model_num_params(r->model);
-        r->flops = fs_model_flops(r->model);
-        if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
-            (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
+        if ((rc = finish_result(c, src, progress, ud, r, d)) != 0)
             return rc;
         continue;
     fail:
@@ -515,33 +526,10 @@ int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *s
         fs_pipeline_result *r = &out->results[out->n_results];
         memset(r, 0, sizeof *r);
         r->target = c->targets[t];
-        int chosen[FS_MAX_STAGES * FS_MAX_BLOCKS], nc = 0;
-        const char *names[FS_MAX_STAGES * FS_MAX_BLOCKS];
-        if (c->n_drop) {
-            for (int i = 0; i < c->n_drop; i++)
-                names[i] = c->drop[i];
-            nc = c->n_drop;
-        } else {
-            if ((rc = fs_practise_choose(out->scores, out->n_scores, r->target, chosen, &nc,
-                                         d)) != 0)
-                return rc;
-            for (int i = 0; i < nc; i++)
-                names[i] = out->scores[chosen[i]].name;
-        }
-        for (int i = 0; i < nc; i++)
-            snprintf(r->dropped[i], sizeof r->dropped[i], "%s", names[i]);
-        r->n_dropped = nc;
-        fs_arch sa;
-        if ((rc = fs_arch_drop_blocks(&sa, &teacher->arch, names, nc, d)) != 0 ||
-            (rc = fs_student_from_teacher(&r->model, &sa, teacher, NULL, 0, d)) != 0)
+        if ((rc = drop_student(c, teacher, out, r->target, r, &r->model, d)) != 0)
             return rc;
         out->n_results++;
-        if ((rc = recover_student(c, r->model, src, progress, ud, r, d)) != 0)
-            return rc;
-        r->params = fs_model_num_params(r->model);
-        r->flops = fs_model_flops(r->model);
-        if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
-            (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
+        if ((rc = finish_result(c, src, progress, ud, r, d)) != 0)
             return rc;
     }
     return 0;

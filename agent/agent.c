@@ -36,6 +36,8 @@ typedef struct {
     fs_link_client *link;
     fs_watchdog wd;
     int welcomed;
+    int connected;              /* a CURVE session is up (socket monitor); nothing is sent without
+                                 * one, so a stop never waits out the send timeout */
     uint64_t next_hello, next_heartbeat;
     uint64_t n_samples, n_labeled;
     uint64_t classes[1024];
@@ -308,7 +310,46 @@ static void on_compute(agent *a, const fs_wire_msg *req)
     snprintf(reply.job, sizeof reply.job, "%s", req->job);
     reply.round = req->round;
     reply.step = req->step;
-    send_msg(a, &reply);
+    /* whole, or streamed in parts when the request asks for it (fs_fed_send_reply) */
+    rc = fs_fed_send_reply(a->link, req, &reply, a->cfg.limits.chunk_size, &d);
+    if (rc)
+        fs_log_kv(FS_LOG_WARNING, "send failed", "TYPE", "COMPUTE_REPLY", "REASON",
+                  fs_diag_text(&d, rc), NULL);
+}
+
+/* Drains the socket monitor: each event is two frames, the first starting with the 16-bit event
+ * id (zmq_socket_monitor(3)). A new handshake means a new session: say hello again. */
+static void on_monitor_events(agent *a, void *mon)
+{
+    for (;;) {
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        uint16_t id = 0;
+        if (zmq_msg_size(&ev) >= sizeof id)
+            memcpy(&id, zmq_msg_data(&ev), sizeof id);
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) {              /* the endpoint frame */
+            zmq_msg_init(&ev);
+            (void)zmq_msg_recv(&ev, mon, ZMQ_DONTWAIT);
+            zmq_msg_close(&ev);
+        }
+        if (id == ZMQ_EVENT_DISCONNECTED) {
+            if (a->connected)
+                fs_log_kv(FS_LOG_WARNING, "connection to the coordinator lost", NULL);
+            a->connected = 0;
+        } else if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            if (a->welcomed)
+                fs_log_kv(FS_LOG_INFO, "reconnected: introducing ourselves again", NULL);
+            a->connected = 1;
+            a->welcomed = 0;
+            a->next_hello = 0;
+        }
+    }
 }
 
 static void on_message(agent *a, fs_wire_msg *m)
@@ -471,18 +512,22 @@ int main(int argc, char **argv)
         return 1;
     }
     /* Every (re)connection is a new handshake: introduce ourselves again, so that a restarted
-     * coordinator learns who we are (its sequence numbers start again with its WELCOME). */
+     * coordinator learns who we are (its sequence numbers start again with its WELCOME). The
+     * monitor also says when the connection drops: then we send nothing (ZMQ_IMMEDIATE would
+     * block every send for the send timeout) until the next handshake. Without a monitor we
+     * assume a connection and rely on the send timeout. */
     void *mon = NULL;
     char mon_ep[64];
     snprintf(mon_ep, sizeof mon_ep, "inproc://fs-agent-monitor-%d", (int)getpid());
     if (zmq_socket_monitor(fs_link_client_socket(a.link), mon_ep,
-                           ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0) {
+                           ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) == 0) {
         mon = zmq_socket(a.zctx, ZMQ_PAIR);
         if (mon && zmq_connect(mon, mon_ep) != 0) {
             zmq_close(mon);
             mon = NULL;
         }
     }
+    a.connected = mon == NULL;
     fs_watchdog_init(&a.wd, fs_now_usec());
     char status[256];
     snprintf(status, sizeof status, "connecting to %s as %s", a.cfg.coordinator, a.cfg.name);
@@ -491,11 +536,11 @@ int main(int argc, char **argv)
               NULL);
     while (!a.stopping) {
         uint64_t now = fs_now_usec();
-        if (!a.welcomed && now >= a.next_hello) {
+        if (a.connected && !a.welcomed && now >= a.next_hello) {
             send_hello(&a);
             a.next_hello = now + HELLO_EVERY_USEC;
         }
-        if (a.welcomed && now >= a.next_heartbeat) {
+        if (a.connected && a.welcomed && now >= a.next_heartbeat) {
             fs_wire_msg hb;
             memset(&hb, 0, sizeof hb);
             hb.type = FS_MSG_HEARTBEAT;
@@ -532,20 +577,8 @@ int main(int argc, char **argv)
                 }
             }
         }
-        if (n > 0 && mon && (items[2].revents & ZMQ_POLLIN)) {
-            zmq_msg_t ev;
-            for (;;) {     /* event frame + endpoint frame; we only need to know one happened */
-                zmq_msg_init(&ev);
-                int got = zmq_msg_recv(&ev, mon, ZMQ_DONTWAIT);
-                zmq_msg_close(&ev);
-                if (got < 0)
-                    break;
-            }
-            if (a.welcomed)
-                fs_log_kv(FS_LOG_INFO, "reconnected: introducing ourselves again", NULL);
-            a.welcomed = 0;
-            a.next_hello = 0;
-        }
+        if (n > 0 && mon && (items[2].revents & ZMQ_POLLIN))
+            on_monitor_events(&a, mon);
         if (n > 0 && (items[0].revents & ZMQ_POLLIN)) {
             for (int k = 0; k < 64; k++) {
                 fs_wire_msg *m = NULL;
@@ -559,7 +592,7 @@ int main(int argc, char **argv)
             }
         }
     }
-    if (a.welcomed) {
+    if (a.connected && a.welcomed) {
         fs_wire_msg bye;
         memset(&bye, 0, sizeof bye);
         bye.type = FS_MSG_BYE;

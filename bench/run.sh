@@ -1,12 +1,14 @@
 #!/bin/bash
 # bench/run.sh — runs fedslim's benchmarks and writes bench/results.json (docs/bench.md).
 # Builds nothing: `make bench` builds first. Environment:
-#   BUILD      build directory whose bin/ holds bench_model, bench_kernels, bench_transfer
+#   BUILD      build directory whose bin/ holds bench_model, bench_kernels, bench_transfer,
+#              bench_round
 #              (default build)
 #   OUT        results file (default bench/results.json); bench/results-env.json and
 #              bench/results-raw.jsonl are written next to it
 #   PYTHON     interpreter with PyTorch for the peer figures (default /usr/bin/python3)
 #   REPS       timed runs per configuration (default 7)
+#   ROUNDS     timed rounds per bench_round configuration (default 5)
 #   OMP_WAIT_POLICY  default passive (for both fedslim and PyTorch: both use libgomp)
 # Each model configuration runs ours, PyTorch, PyTorch, ours back to back, so both sides see the
 # same machine state; results.json holds the means of the two runs of each side.
@@ -26,7 +28,7 @@ ENV_OUT=$outdir/results-env.json
 RAW=$outdir/results-raw.jsonl
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
-for b in bench_model bench_kernels bench_transfer; do
+for b in bench_model bench_kernels bench_transfer bench_round; do
     [ -x "$BIN/$b" ] || die "$BIN/$b not found: build first (make build, or set BUILD=<dir>)"
 done
 command -v python3 >/dev/null || die "python3 is needed to merge the results"
@@ -89,6 +91,14 @@ echo "bench/run.sh: bench_kernels (conv layers vs cblas_sgemm, 1 and 2 threads)"
 "$BIN/bench_kernels" 5 1,2 | tag bench_kernels >>"$RAW"
 echo "bench/run.sh: bench_transfer (64 MiB over loopback)" >&2
 "$BIN/bench_transfer" 5 | tag bench_transfer >>"$RAW"
+ROUNDS=${ROUNDS:-5}
+case $ROUNDS in ''|*[!0-9]*) die "ROUNDS must be a positive integer, got '$ROUNDS'";; esac
+for size in 0.27m 11.7m; do
+    for n in 2 4 8 16; do
+        echo "bench/run.sh: bench_round $size $n (coordinator round overhead and peak RSS)" >&2
+        "$BIN/bench_round" "$size" "$n" "$ROUNDS" | tag bench_round >>"$RAW"
+    done
+done
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 end=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -124,7 +134,7 @@ echo "bench/run.sh: wrote $OUT, $ENV_OUT, $RAW (load average $load_before -> $lo
 python3 - "$OUT" <<'EOF'
 import json, sys
 want = ("resnet20_", "mlp_", "conv_gemm_efficiency", "transfer_curve_64mib", "transfer_plain_64mib",
-        "tcp_raw_64mib")
+        "tcp_raw_64mib", "round_overhead_", "coordinator_rss_")
 for e in json.load(open(sys.argv[1])):
     if e["name"].startswith(want) and "chunk" not in e["name"] and "per_cpu" not in e["name"]:
         ref = "" if e["reference"] is None else "  reference %g  ratio %g" % (e["reference"], e["ratio"])

@@ -18,13 +18,16 @@
 
 static const char USAGE[] =
     "usage: fedslim compress --model T.safetensors --data SPEC --shots N -o OUT.safetensors\n"
-    "       [--per-class] [--seed S] [--methods drop-blocks] [--recover mimic|kd|ce|bn|none]\n"
+    "       [--per-class] [--seed S] [--methods M[,M...] (drop-blocks)]\n"
+    "       [--recover mimic|kd|ce|bn|none]\n"
     "       [--target latency=0.75] [--family 0.9,0.8,0.7] [--eval SPEC] [--report R.json]\n"
     "       [--iterations N (2000)] [--score-iterations N (300)] [--batch N (64)] [--lr X (0.02)]\n"
     "       [--bn frozen|train] [--augment PAD (2)] [--threads N] [--drop layer1.1,...]\n"
     "       [--calibration minmax|percentile|mse (percentile)]   (int8)\n"
     "  --shots N        few-shot sample of N images in total (PRACTISE's rule), or N per class\n"
     "                   with --per-class; 0 = every image of --data\n"
+    "  --methods        drop-blocks, prune-channels, lowrank (combined: applied in that order,\n"
+    "                   sharing the target), then nm and/or int8 on the result\n"
     "  --drop BLOCKS    drop exactly these blocks (no scoring; one model)\n";
 
 typedef struct {
@@ -266,16 +269,25 @@ int cmd_compress(int argc, char **argv)
                                     : (double)r->on_source.agree / (double)r->on_source.n;
         snprintf(agree, sizeof agree, "%.2f", 100.0 * ag);
         char label[64];
-        if (pc.methods & (FS_METHOD_PRUNE_CHANNELS | FS_METHOD_LOWRANK)) {
-            int lowrank = (pc.methods & FS_METHOD_LOWRANK) != 0, n = 0;
-            for (int k = 0; k < r->n_changes; k++)
-                n += lowrank ? 1 : r->changes[k].before - r->changes[k].after;
-            snprintf(label, sizeof label, "%s=%.2f (%s%d %s)", fs_target_kind_name(pc.target_kind),
-                     (double)r->target, lowrank ? "" : "-", n, lowrank ? "low-rank" : "ch");
-        } else {
-            snprintf(label, sizeof label, "%s=%.2f (-%d blocks)",
-                     fs_target_kind_name(pc.target_kind), (double)r->target, r->n_dropped);
+        int n_ch = 0, n_lr = 0;
+        for (int k = 0; k < r->n_changes; k++) {
+            n_lr += r->changes[k].rank;
+            n_ch += r->changes[k].rank ? 0 : r->changes[k].before - r->changes[k].after;
         }
+        int len = snprintf(label, sizeof label, "%s=%.2f (", fs_target_kind_name(pc.target_kind),
+                           (double)r->target);
+        const char *sep = "";
+        if (r->n_dropped || !(pc.methods & (FS_METHOD_PRUNE_CHANNELS | FS_METHOD_LOWRANK))) {
+            len += snprintf(label + len, sizeof label - (size_t)len, "-%d blocks", r->n_dropped);
+            sep = ", ";
+        }
+        if (pc.methods & FS_METHOD_PRUNE_CHANNELS) {
+            len += snprintf(label + len, sizeof label - (size_t)len, "%s-%d ch", sep, n_ch);
+            sep = ", ";
+        }
+        if (pc.methods & FS_METHOD_LOWRANK)
+            len += snprintf(label + len, sizeof label - (size_t)len, "%s%d low-rank", sep, n_lr);
+        snprintf(label + len, sizeof label - (size_t)len, ")");
         printf("%-28s %8s %8s %10lld %9.2f %10.3f %11.2f %10lld\n", label, acc, agree,
                (long long)r->params, (double)r->flops / 1e6, r->latency_b1 * 1e3,
                r->latency_b64 * 1e3, (long long)models[i].bytes);

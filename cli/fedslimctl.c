@@ -551,21 +551,35 @@ static int call(conn *c, json_t *req, json_t **resp) {
     return EXIT_OK;
 }
 
-static int cmd_agents(conn *c) {
-    json_t *resp;
-    int rc = call(c, request("agents"), &resp);
+/* Calls a listing command whose answer holds the array `key`. With --json the answer is printed
+ * here and *resp is NULL; otherwise *resp (the caller's to free) and *arr are set for a table. */
+static int call_list(conn *c, const char *key, json_t **resp, json_t **arr) {
+    int rc = call(c, request(key), resp);
     if (rc != EXIT_OK) {
         return rc;
     }
-    json_t *agents = json_object_get(resp, "agents");
-    if (!json_is_array(agents)) {
-        json_decref(resp);
-        return malformed(c, "\"agents\" is not an array");
+    *arr = json_object_get(*resp, key);
+    if (!json_is_array(*arr)) {
+        json_decref(*resp);
+        *resp = NULL;
+        char what[64];
+        snprintf(what, sizeof what, "\"%s\" is not an array", key);
+        return malformed(c, what);
     }
     if (c->json) {
-        print_json(resp);
-        json_decref(resp);
-        return EXIT_OK;
+        print_json(*resp);
+        json_decref(*resp);
+        *resp = NULL;
+    }
+    return EXIT_OK;
+}
+
+static int cmd_agents(conn *c) {
+    json_t *resp;
+    json_t *agents;
+    int rc = call_list(c, "agents", &resp, &agents);
+    if (rc != EXIT_OK || !resp) {
+        return rc;
     }
     table t = {
         .ncols = 8,
@@ -631,19 +645,10 @@ static int cmd_agents(conn *c) {
 
 static int cmd_jobs(conn *c) {
     json_t *resp;
-    int rc = call(c, request("jobs"), &resp);
-    if (rc != EXIT_OK) {
+    json_t *jobs;
+    int rc = call_list(c, "jobs", &resp, &jobs);
+    if (rc != EXIT_OK || !resp) {
         return rc;
-    }
-    json_t *jobs = json_object_get(resp, "jobs");
-    if (!json_is_array(jobs)) {
-        json_decref(resp);
-        return malformed(c, "\"jobs\" is not an array");
-    }
-    if (c->json) {
-        print_json(resp);
-        json_decref(resp);
-        return EXIT_OK;
     }
     table t = {
         .ncols = 8,

@@ -28,6 +28,23 @@ int fs_latency(double *sec, fs_model *m, int batch, int reps, fs_diag *d);
  * job makes the same choices). NULL means fs_latency. */
 typedef int (*fs_latency_fn)(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d);
 
+/* Fitting a structural plan to a latency target: `build` makes the student for a FLOPs goal
+ * (fraction of the teacher's FLOPs); fs_fit_latency measures the teacher, then builds at goals
+ * tightened by each miss until a student's latency is <= target x the teacher's, at most
+ * FS_FIT_LATENCY_PLANS times (else an error naming `method`). */
+#define FS_FIT_LATENCY_PLANS 6
+typedef struct {
+    const char *method;         /* for the error message, e.g. "prune-channels" */
+    int (*build)(void *ud, double flops_goal, fs_model **out, fs_diag *d);
+    void *ud;
+    fs_latency_fn latency;      /* NULL: fs_latency */
+    void *latency_ud;
+    int batch, reps;
+} fs_latency_fit;
+/* returns owned: *out, the first student that met the target. */
+int fs_fit_latency(fs_model **out, const fs_model *teacher, double target,
+                   const fs_latency_fit *fit, fs_diag *d);
+
 /* Hooks that make recovery resumable: `resume` is called before the first step and may restore
  * the student's trainable parameters and the optimizer state and say where to continue (*start,
  * the number of steps already done); `checkpoint` is called after every step with the number of
@@ -139,6 +156,7 @@ typedef struct {
                            residual stream ("stream layer2", "stream conv1+layer1");
                            low-rank: the factorized layer ("layer1.0.conv2", "fc") */
     int before, after;  /* pruning: channels; low-rank: full rank min(OC, C*KH*KW), kept rank */
+    int rank;           /* 1: a low-rank change (ranks), 0: a pruning change (widths) */
 } fs_layer_change;
 
 typedef enum { FS_PRUNE_BN_GAMMA = 1, FS_PRUNE_L1 = 2 } fs_prune_criterion;
@@ -294,7 +312,8 @@ int fs_nm_apply(fs_model **out, const fs_model *m, const fs_nm_config *c, int *n
 /* Masked fine-tuning of an N:M student (SR-STE): forward with W*mask, dense gradient plus
  * decay * (1 - mask) * W, the mask recomputed from the dense weights after every step; the
  * result's pruned weights are exactly zero. rc: the recovery (its after_step/before_step hooks
- * are used here and must be NULL; checkpoint hooks are not supported and must be NULL). */
+ * are used here and must be NULL). rc->hooks may checkpoint and resume it: they see the model
+ * holding the dense weights (the state a resumed fine-tuning needs), not W*mask. */
 int fs_nm_finetune(fs_source *src, fs_model *m, const fs_nm_config *c, const fs_recover_config *rc,
                    fs_progress_fn progress, void *ud, double *final_loss, fs_diag *d);
 

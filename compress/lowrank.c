@@ -262,28 +262,6 @@ static int64_t ranks_at(const layer *ls, int n, double e, int params, int64_t to
     return cost;
 }
 
-/* The next FLOPs goal (fraction of the teacher's) after a plan at `goal` measured lat_s against the
- * teacher's lat_t: latency modelled as affine in FLOPs through the teacher and this student (a
- * fixed overhead makes a purely proportional correction creep), aimed 2% below the target. */
-static double next_goal(double goal, double target, double lat_t, double lat_s, int64_t flops_t,
-                        int64_t flops_s)
-{
-    double df = (double)(flops_t - flops_s), slope = df > 0 ? (lat_t - lat_s) / df : 0;
-    if (!(slope > 0))
-        return goal * target * lat_t / lat_s;
-    double want = (double)flops_s + (0.98 * target * lat_t - lat_s) / slope;
-    double g = want / (double)flops_t;
-    g = g < goal * 0.98 ? g : goal * 0.98;
-    return g > 1e-6 ? g : 1e-6;     /* stays a target: the plan then says what is impossible */
-}
-
-static int measure(const fs_lowrank_config *c, double *sec, fs_model *m, fs_diag *d)
-{
-    if (c->latency)
-        return c->latency(c->latency_ud, sec, m, c->latency_batch, c->latency_reps, d);
-    return fs_latency(sec, m, c->latency_batch, c->latency_reps, d);
-}
-
 /* The global threshold meeting a FLOPs/params goal: cost(e) does not decrease with e, so bisect
  * for the largest e with cost(e) <= goal. */
 static int plan_goal(const layer *ls, int n, int params, int64_t total, double f, int *ranks,
@@ -307,6 +285,22 @@ static int plan_goal(const layer *ls, int n, int params, int64_t total, double f
     }
     ranks_at(ls, n, lo, params, total, ranks);
     return 0;
+}
+
+/* fs_fit_latency's builder: ranks for a FLOPs goal, then the factorized student */
+typedef struct {
+    const fs_model *teacher;
+    const layer *ls;
+    int n;
+    int *ranks;
+    int64_t total;
+} fit_ctx;
+
+static int fit_build(void *ud, double goal, fs_model **out, fs_diag *d)
+{
+    fit_ctx *f = ud;
+    int rc = plan_goal(f->ls, f->n, 0, f->total, goal, f->ranks, d);
+    return rc ? rc : apply_layers(out, f->teacher, f->ls, f->ranks, f->n, d);
 }
 
 int fs_lowrank(fs_model **out, const fs_model *teacher, const fs_lowrank_config *c,
@@ -380,26 +374,10 @@ int fs_lowrank(fs_model **out, const fs_model *teacher, const fs_lowrank_config 
         if ((rc = plan_goal(ls, n, params, total, target, ranks, d)) == 0)
             rc = apply_layers(&st, teacher, ls, ranks, n, d);
     } else {
-        int64_t total = fs_model_flops(teacher);
-        double lat_t, lat_s = 0, goal = target;
-        if ((rc = measure(c, &lat_t, (fs_model *)teacher, d)) != 0)
-            goto done;
-        for (int it = 0; it < 6; it++) {
-            if ((rc = plan_goal(ls, n, 0, total, goal, ranks, d)) != 0 ||
-                (rc = apply_layers(&st, teacher, ls, ranks, n, d)) != 0 ||
-                (rc = measure(c, &lat_s, st, d)) != 0)
-                goto done;
-            if (lat_s <= target * lat_t)
-                break;
-            goal = next_goal(goal, target, lat_t, lat_s, fs_model_flops(teacher),
-                             fs_model_flops(st));
-            fs_model_free(st);
-            st = NULL;
-        }
-        if (!st)
-            rc = fs_diag_set(d, FS_EINVAL, "lowrank: latency target %.3f not met after 6 plans "
-                             "(last: %.3f of the teacher's %.3f ms)", target, lat_s / lat_t,
-                             lat_t * 1e3);
+        fit_ctx fc = {teacher, ls, n, ranks, fs_model_flops(teacher)};
+        fs_latency_fit fit = {"lowrank", fit_build, &fc, c->latency, c->latency_ud,
+                              c->latency_batch, c->latency_reps};
+        rc = fs_fit_latency(&st, teacher, target, &fit, d);
     }
     if (rc)
         goto done;
@@ -418,6 +396,7 @@ int fs_lowrank(fs_model **out, const fs_model *teacher, const fs_lowrank_config 
                 snprintf(ch[nf].name, sizeof ch[nf].name, "%s", ls[i].name);
                 ch[nf].before = ls[i].k;
                 ch[nf].after = ranks[i];
+                ch[nf].rank = 1;
                 nf++;
             }
         *changes = ch;

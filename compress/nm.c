@@ -160,6 +160,7 @@ typedef struct {
     float **dense; /* the dense shadow weights */
     uint8_t **mask;
     float decay;
+    const fs_recover_hooks *user; /* the caller's checkpoint/resume hooks, or NULL */
 } nm_train;
 
 static void train_free(nm_train *t) {
@@ -211,15 +212,45 @@ static void nm_after(void *ud, fs_model *m, long it, float lr) {
     }
 }
 
+/* Checkpoints of a masked fine-tuning hold the DENSE weights: after a step the state is the dense
+ * weights alone (the mask is recomputed from them), while the model shows W*mask. The caller's
+ * hooks see the dense weights in the model during the call. */
+static int nm_resume(void *ud, fs_model *m, fs_optimizer *opt, long total, long *start,
+                     fs_diag *d) {
+    nm_train *t = ud;
+    int rc = t->user->resume ? t->user->resume(t->user->ud, m, opt, total, start, d) : 0;
+    if (rc == 0 && *start > 0)      /* restored: the model now holds the dense weights */
+        for (int i = 0; i < t->n; i++) {
+            fs_param *w = &m->params[t->param[i]];
+            memcpy(t->dense[i], w->data, w->numel * sizeof(float));
+            remask(t, m, i);
+        }
+    return rc;
+}
+
+static int nm_checkpoint(void *ud, fs_model *m, fs_optimizer *opt, long done, long total,
+                         double loss, fs_diag *d) {
+    nm_train *t = ud;
+    if (!t->user->checkpoint)
+        return 0;
+    for (int i = 0; i < t->n; i++) {
+        fs_param *w = &m->params[t->param[i]];
+        memcpy(w->data, t->dense[i], w->numel * sizeof(float));
+    }
+    int rc = t->user->checkpoint(t->user->ud, m, opt, done, total, loss, d);
+    for (int i = 0; i < t->n; i++)
+        remask(t, m, i);
+    return rc;
+}
+
 int fs_nm_finetune(fs_source *src, fs_model *m, const fs_nm_config *cfg,
                    const fs_recover_config *rc, fs_progress_fn progress, void *ud,
                    double *final_loss, fs_diag *d) {
     fs_nm_config c = nm_defaults(cfg);
-    if (rc->after_step || rc->before_step || rc->hooks)
-        return fs_diag_set(d, FS_EINVAL,
-                           "nm fine-tuning uses the recovery's step hooks itself "
-                           "and cannot be checkpointed");
+    if (rc->after_step || rc->before_step)
+        return fs_diag_set(d, FS_EINVAL, "nm fine-tuning uses the recovery's step hooks itself");
     nm_train t = {0};
+    t.user = rc->hooks;
     t.decay = c.decay;
     int n = 0, ret = 0;
     for (int i = 0; i < m->n_nodes; i++)
@@ -250,6 +281,8 @@ int fs_nm_finetune(fs_source *src, fs_model *m, const fs_nm_config *cfg,
     r.before_step_ud = &t;
     r.after_step = nm_after;
     r.after_step_ud = &t;
+    fs_recover_hooks wrapped = {nm_resume, nm_checkpoint, &t};
+    r.hooks = t.user ? &wrapped : NULL;
     ret = fs_recover(src, m, &r, "nm fine-tune", progress, ud, final_loss, d);
     /* whatever happened, the model leaves with its pruned weights exactly zero */
     for (int i = 0; i < t.n; i++)
@@ -326,7 +359,7 @@ int fs_pipeline_posttrain(const fs_pipeline_config *c, fs_model *teacher, fs_sou
                 return rc;
             if (c->recover != FS_RECOVER_NONE && c->recover != FS_RECOVER_BN) {
                 fs_recover_config rcfg = c->recovery;
-                rcfg.hooks = NULL;
+                rcfg.hooks = c->practise.hooks;     /* resumable, as structural recovery */
                 rcfg.after_step = rcfg.before_step = NULL;
                 rcfg.objective = obj;
                 rcfg.temperature = T;

@@ -162,6 +162,16 @@ static int measure(fs_model *m, const fs_practise_config *pc, double *b1, double
     return rc;
 }
 
+/* BN re-estimation passes: as configured, or one per BN layer (exact) */
+static int bn_passes(const fs_pipeline_config *c, const fs_model *m)
+{
+    int rounds = c->bn_rounds;
+    if (rounds <= 0)
+        for (int i = 0; i < m->n_nodes; i++)
+            rounds += m->nodes[i].op == FS_NODE_BN;
+    return rounds;
+}
+
 static int recover_student(const fs_pipeline_config *c, fs_model *student, fs_source *src,
                            fs_progress_fn progress, void *ud, fs_pipeline_result *r, fs_diag *d)
 {
@@ -179,10 +189,7 @@ static int recover_student(const fs_pipeline_config *c, fs_model *student, fs_so
         r->objective_after = r->objective_before;
         return 0;
     }
-    int rounds = c->bn_rounds;
-    if (rounds <= 0)
-        for (int i = 0; i < student->n_nodes; i++)
-            rounds += student->nodes[i].op == FS_NODE_BN;
+    int rounds = bn_passes(c, student);
     if (progress)
         progress(ud, "bn re-estimation", 0, rounds, 0, 0);
     if ((rc = fs_bn_reestimate(src, student, rounds, d)) != 0)
@@ -206,6 +213,47 @@ static int recover_student(const fs_pipeline_config *c, fs_model *student, fs_so
     return rc;
 }
 
+/* The drop-blocks student for a latency fraction of the teacher's: the blocks of --drop, or those
+ * fs_practise_choose picks from the teacher's scores; r->dropped records them. */
+static int drop_student(const fs_pipeline_config *c, const fs_model *teacher,
+                        const fs_pipeline_output *out, double share, fs_pipeline_result *r,
+                        fs_model **student, fs_diag *d)
+{
+    const char *names[FS_MAX_STAGES * FS_MAX_BLOCKS];
+    int chosen[FS_MAX_STAGES * FS_MAX_BLOCKS], nc = 0, rc;
+    if (c->n_drop) {
+        for (int i = 0; i < c->n_drop; i++)
+            names[i] = c->drop[i];
+        nc = c->n_drop;
+    } else {
+        if ((rc = fs_practise_choose(out->scores, out->n_scores, share, chosen, &nc, d)) != 0)
+            return rc;
+        for (int i = 0; i < nc; i++)
+            names[i] = out->scores[chosen[i]].name;
+    }
+    for (int i = 0; i < nc; i++)
+        snprintf(r->dropped[i], sizeof r->dropped[i], "%s", names[i]);
+    r->n_dropped = nc;
+    fs_arch sa;
+    if ((rc = fs_arch_drop_blocks(&sa, &teacher->arch, names, nc, d)) != 0)
+        return rc;
+    return fs_student_from_teacher(student, &sa, teacher, NULL, 0, d);
+}
+
+/* Recovers r->model, then measures what the report shows of it. */
+static int finish_result(const fs_pipeline_config *c, fs_source *src, fs_progress_fn progress,
+                         void *ud, fs_pipeline_result *r, fs_diag *d)
+{
+    int rc = recover_student(c, r->model, src, progress, ud, r, d);
+    if (rc)
+        return rc;
+    r->params = fs_model_num_params(r->model);
+    r->flops = fs_model_flops(r->model);
+    if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0)
+        return rc;
+    return fs_source_evaluate(src, r->model, &r->on_source, d);
+}
+
 /* The teacher's latency, size and agreement: the reference every result is compared with. */
 static int measure_teacher(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
                            fs_pipeline_output *out, fs_diag *d)
@@ -219,6 +267,26 @@ static int measure_teacher(const fs_pipeline_config *c, fs_model *teacher, fs_so
         (rc = fs_source_evaluate(src, teacher, &out->on_source, d)) != 0)
         return rc;
     return 0;
+}
+
+/* The prune-channels and lowrank settings of a run: latency measured as drop-blocks measures it,
+ * and what the recovery objective needs kept intact. */
+static void structural_configs(const fs_pipeline_config *c, fs_prune_config *pc,
+                               fs_lowrank_config *lc)
+{
+    *pc = c->prune;
+    *lc = c->lowrank;
+    pc->latency = lc->latency = c->practise.latency;
+    pc->latency_ud = lc->latency_ud = c->practise.latency_ud;
+    pc->latency_batch = lc->latency_batch = c->practise.latency_batch;
+    pc->latency_reps = lc->latency_reps = c->practise.latency_reps;
+    if (c->recover != FS_RECOVER_KD && c->recover != FS_RECOVER_CE) {
+        /* the mimic objective compares pre-GAP features with the teacher's (recovered with it,
+         * or reported for none/bn): they keep their shape, and the fc, which it cannot train,
+         * stays exact */
+        pc->keep_output = 1;
+        lc->linear = 0;
+    }
 }
 
 /* prune-channels or lowrank: for each target, a physically smaller student planned from the
@@ -235,19 +303,9 @@ static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, 
     fs_cost_kind kind = c->target_kind == FS_TARGET_FLOPS    ? FS_COST_FLOPS
                         : c->target_kind == FS_TARGET_PARAMS ? FS_COST_PARAMS
                                                              : FS_COST_LATENCY;
-    fs_prune_config pc = c->prune;
-    fs_lowrank_config lc = c->lowrank;
-    pc.latency = lc.latency = c->practise.latency;
-    pc.latency_ud = lc.latency_ud = c->practise.latency_ud;
-    pc.latency_batch = lc.latency_batch = c->practise.latency_batch;
-    pc.latency_reps = lc.latency_reps = c->practise.latency_reps;
-    if (c->recover != FS_RECOVER_KD && c->recover != FS_RECOVER_CE) {
-        /* the mimic objective compares pre-GAP features with the teacher's (recovered with it,
-         * or reported for none/bn): they keep their shape, and the fc, which it cannot train,
-         * stays exact */
-        pc.keep_output = 1;
-        lc.linear = 0;
-    }
+    fs_prune_config pc;
+    fs_lowrank_config lc;
+    structural_configs(c, &pc, &lc);
     int rc = measure_teacher(c, teacher, src, out, d);
     if (rc)
         return rc;
@@ -282,17 +340,147 @@ static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, 
         if (rc)
             goto done;
         out->n_results++;
-        if ((rc = recover_student(c, r->model, src, progress, ud, r, d)) != 0)
-            goto done;
-        r->params = fs_model_num_params(r->model);
-        r->flops = fs_model_flops(r->model);
-        if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
-            (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
+        if ((rc = finish_result(c, src, progress, ud, r, d)) != 0)
             goto done;
     }
 done:
     fs_model_free(sparse);
     return rc;
+}
+
+static int append_changes(fs_pipeline_result *r, fs_layer_change *ch, int n, fs_diag *d)
+{
+    if (n <= 0) {
+        free(ch);
+        return 0;
+    }
+    fs_layer_change *all = realloc(r->changes, (size_t)(r->n_changes + n) * sizeof *all);
+    if (!all) {
+        free(ch);
+        return fs_diag_set(d, FS_ENOMEM, "out of memory");
+    }
+    memcpy(all + r->n_changes, ch, (size_t)n * sizeof *ch);
+    free(ch);
+    r->changes = all;
+    r->n_changes += n;
+    return 0;
+}
+
+/* Where a student stands against the teacher in the target's unit. */
+static int reached_fraction(const fs_pipeline_config *c, const fs_pipeline_output *out,
+                            fs_model *m, double *frac, fs_diag *d)
+{
+    if (c->target_kind == FS_TARGET_FLOPS) {
+        *frac = (double)fs_model_flops(m) / (double)out->flops;
+        return 0;
+    }
+    if (c->target_kind == FS_TARGET_PARAMS) {
+        *frac = (double)fs_model_num_params(m) / (double)out->params;
+        return 0;
+    }
+    const fs_practise_config *pc = &c->practise;
+    double sec = 0;
+    int rc = pc->latency ? pc->latency(pc->latency_ud, &sec, m, pc->latency_batch,
+                                       pc->latency_reps, d)
+                         : fs_latency(&sec, m, pc->latency_batch, pc->latency_reps, d);
+    *frac = sec / out->latency_b64;
+    return rc;
+}
+
+/* One structural stage of a combined run: `base` (the teacher or the previous stage's student)
+ * made smaller by `method` to `share` of its own cost; *next is owned. */
+static int combined_stage(const fs_pipeline_config *c, int method, const fs_model *teacher,
+                          const fs_model *base, double share, const fs_pipeline_output *out,
+                          fs_pipeline_result *r, fs_model **next, fs_diag *d)
+{
+    fs_prune_config pc;
+    fs_lowrank_config lc;
+    structural_configs(c, &pc, &lc);
+    fs_cost_kind kind = c->target_kind == FS_TARGET_FLOPS    ? FS_COST_FLOPS
+                        : c->target_kind == FS_TARGET_PARAMS ? FS_COST_PARAMS
+                                                             : FS_COST_LATENCY;
+    fs_layer_change *ch = NULL;
+    int nch = 0, rc;
+    if (method == FS_METHOD_DROP_BLOCKS)    /* always the first stage: base is the teacher */
+        return drop_student(c, teacher, out, share, r, next, d);
+    rc = method == FS_METHOD_PRUNE_CHANNELS
+             ? fs_prune_channels(next, base, &pc, kind, share, &ch, &nch, d)
+             : fs_lowrank(next, base, &lc, kind, share, &ch, &nch, d);
+    return rc ? rc : append_changes(r, ch, nch, d);
+}
+
+/* Several structural methods in one run, applied coarse to fine (drop-blocks, prune-channels,
+ * lowrank), each on the previous stage's student. The target is shared: each stage aims at
+ * (target / fraction reached so far)^(1 / stages left) of its own input's cost, measured in the
+ * target's unit, so a stage that over- or undershoots leaves more or less to the next. Between
+ * stages BN statistics are re-estimated (exact; skipped for --recover none, which uses no data);
+ * the final student is recovered once against the teacher, as a single method's is. */
+static int run_combined(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
+                        fs_progress_fn progress, void *ud, fs_pipeline_output *out, fs_diag *d)
+{
+    static const int ORDER[] = {FS_METHOD_DROP_BLOCKS, FS_METHOD_PRUNE_CHANNELS,
+                                FS_METHOD_LOWRANK};
+    static const char *const NAMES[] = {"drop-blocks", "prune-channels", "lowrank"};
+    if (teacher->arch.type != FS_ARCH_RESNET)
+        return fs_diag_set(d, FS_EINVAL, "combined structural methods need a ResNet teacher");
+    int drop = (c->methods & FS_METHOD_DROP_BLOCKS) != 0;
+    if (drop && c->target_kind != FS_TARGET_LATENCY)
+        return fs_diag_set(d, FS_EINVAL, "drop-blocks plans for a latency target "
+                           "(--target latency=F)");
+    if (c->n_drop && c->n_targets != 1)
+        return fs_diag_set(d, FS_EINVAL, "drop: an explicit block list takes one target");
+    int n_stages = 0;
+    for (int k = 0; k < 3; k++)
+        n_stages += (c->methods & ORDER[k]) != 0;
+    int rc = measure_teacher(c, teacher, src, out, d);
+    if (rc)
+        return rc;
+    if (drop && c->n_drop == 0 &&
+        (rc = fs_practise_score(src, teacher, &c->practise, out->scores, &out->n_scores, progress,
+                                ud, d)) != 0)
+        return rc;
+    for (int t = 0; t < c->n_targets; t++) {
+        fs_pipeline_result *r = &out->results[out->n_results];
+        memset(r, 0, sizeof *r);
+        r->target = c->targets[t];
+        out->n_results++;           /* owned by out from here: freed with it on any error */
+        fs_model *cur = NULL;       /* NULL: still the teacher */
+        double reached = 1.0;
+        int left = n_stages;
+        for (int k = 0; k < 3; k++) {
+            if (!(c->methods & ORDER[k]))
+                continue;
+            double share = pow((double)r->target / reached, 1.0 / left--);
+            if (share >= 1.0 && !(ORDER[k] == FS_METHOD_DROP_BLOCKS && c->n_drop))
+                continue;           /* the earlier stages already reached the target */
+            if (progress)
+                progress(ud, NAMES[k], t + 1, c->n_targets, 0, 0);
+            fs_model *next = NULL;
+            rc = combined_stage(c, ORDER[k], teacher, cur ? cur : teacher, share, out, r, &next,
+                                d);
+            if (rc)
+                goto fail;
+            fs_model_free(cur);
+            cur = r->model = next;
+            if (c->recover != FS_RECOVER_NONE &&
+                ((rc = fs_source_set_student(src, cur, d)) != 0 ||
+                 (rc = fs_bn_reestimate(src, cur, bn_passes(c, cur), d)) != 0))
+                goto fail;
+            if ((rc = reached_fraction(c, out, cur, &reached, d)) != 0)
+                goto fail;
+        }
+        if (!cur && (rc = fs_model_clone(&cur, teacher, d)) != 0)
+            goto fail;
+        r->model = cur;
+        if ((rc = finish_result(c, src, progress, ud, r, d)) != 0)
+            return rc;
+        continue;
+    fail:
+        if (!r->model)
+            fs_model_free(cur);
+        return rc;
+    }
+    return 0;
 }
 
 int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *src,
@@ -310,9 +498,7 @@ int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *s
     int structural = c->methods & (FS_METHOD_DROP_BLOCKS | FS_METHOD_PRUNE_CHANNELS |
                                    FS_METHOD_LOWRANK);
     if (structural & (structural - 1))
-        return fs_diag_set(d, FS_EUNSUPPORTED, "methods: drop-blocks, prune-channels and lowrank "
-                           "cannot be combined in one run yet; run one, then compress its output "
-                           "with the next");
+        return run_combined(c, teacher, src, progress, ud, out, d);
     if (c->methods == FS_METHOD_PRUNE_CHANNELS || c->methods == FS_METHOD_LOWRANK)
         return run_prune_or_lowrank(c, teacher, src, progress, ud, out, d);
     if (c->methods != FS_METHOD_DROP_BLOCKS)
@@ -340,33 +526,10 @@ int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *s
         fs_pipeline_result *r = &out->results[out->n_results];
         memset(r, 0, sizeof *r);
         r->target = c->targets[t];
-        int chosen[FS_MAX_STAGES * FS_MAX_BLOCKS], nc = 0;
-        const char *names[FS_MAX_STAGES * FS_MAX_BLOCKS];
-        if (c->n_drop) {
-            for (int i = 0; i < c->n_drop; i++)
-                names[i] = c->drop[i];
-            nc = c->n_drop;
-        } else {
-            if ((rc = fs_practise_choose(out->scores, out->n_scores, r->target, chosen, &nc,
-                                         d)) != 0)
-                return rc;
-            for (int i = 0; i < nc; i++)
-                names[i] = out->scores[chosen[i]].name;
-        }
-        for (int i = 0; i < nc; i++)
-            snprintf(r->dropped[i], sizeof r->dropped[i], "%s", names[i]);
-        r->n_dropped = nc;
-        fs_arch sa;
-        if ((rc = fs_arch_drop_blocks(&sa, &teacher->arch, names, nc, d)) != 0 ||
-            (rc = fs_student_from_teacher(&r->model, &sa, teacher, NULL, 0, d)) != 0)
+        if ((rc = drop_student(c, teacher, out, r->target, r, &r->model, d)) != 0)
             return rc;
         out->n_results++;
-        if ((rc = recover_student(c, r->model, src, progress, ud, r, d)) != 0)
-            return rc;
-        r->params = fs_model_num_params(r->model);
-        r->flops = fs_model_flops(r->model);
-        if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
-            (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
+        if ((rc = finish_result(c, src, progress, ud, r, d)) != 0)
             return rc;
     }
     return 0;

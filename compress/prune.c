@@ -623,26 +623,17 @@ static int build_student(const plan *p, fs_model **out, int compensate, fs_diag 
     return 0;
 }
 
-/* The next FLOPs goal (fraction of the teacher's) after a plan at `goal` measured lat_s against the
- * teacher's lat_t: latency modelled as affine in FLOPs through the teacher and this student (a
- * fixed overhead makes a purely proportional correction creep), aimed 2% below the target. */
-static double next_goal(double goal, double target, double lat_t, double lat_s, int64_t flops_t,
-                        int64_t flops_s)
-{
-    double df = (double)(flops_t - flops_s), slope = df > 0 ? (lat_t - lat_s) / df : 0;
-    if (!(slope > 0))
-        return goal * target * lat_t / lat_s;
-    double want = (double)flops_s + (0.98 * target * lat_t - lat_s) / slope;
-    double g = want / (double)flops_t;
-    g = g < goal * 0.98 ? g : goal * 0.98;
-    return g > 1e-6 ? g : 1e-6;     /* stays a target: the plan then says what is impossible */
-}
+/* fs_fit_latency's builder: a plan for a FLOPs goal, then the sliced student */
+typedef struct {
+    plan *p;
+    const fs_prune_config *c;
+} fit_ctx;
 
-static int measure(const fs_prune_config *c, double *sec, fs_model *m, fs_diag *d)
+static int fit_build(void *ud, double goal, fs_model **out, fs_diag *d)
 {
-    if (c->latency)
-        return c->latency(c->latency_ud, sec, m, c->latency_batch, c->latency_reps, d);
-    return fs_latency(sec, m, c->latency_batch, c->latency_reps, d);
+    fit_ctx *f = ud;
+    int rc = plan_remove(f->p, FS_COST_FLOPS, goal, 0, f->c, d);
+    return rc ? rc : build_student(f->p, out, f->c->compensate, d);
 }
 
 int fs_prune_channels(fs_model **out, const fs_model *teacher, const fs_prune_config *c,
@@ -678,28 +669,12 @@ int fs_prune_channels(fs_model **out, const fs_model *teacher, const fs_prune_co
             (rc = build_student(&p, &st, c->compensate, d)) != 0)
             goto done;
     } else {
-        /* latency: plan by FLOPs, measure, tighten the FLOPs goal by the miss, at most 6 times */
-        double lat_t, lat_s = 0, goal = target;
-        if ((rc = measure(c, &lat_t, (fs_model *)teacher, d)) != 0)
+        /* latency: plan by FLOPs, measure, tighten the FLOPs goal by the miss */
+        fit_ctx fc = {&p, c};
+        fs_latency_fit fit = {"prune-channels", fit_build, &fc, c->latency, c->latency_ud,
+                              c->latency_batch, c->latency_reps};
+        if ((rc = fs_fit_latency(&st, teacher, target, &fit, d)) != 0)
             goto done;
-        for (int it = 0; it < 6; it++) {
-            if ((rc = plan_remove(&p, FS_COST_FLOPS, goal, 0, c, d)) != 0 ||
-                (rc = build_student(&p, &st, c->compensate, d)) != 0 ||
-                (rc = measure(c, &lat_s, st, d)) != 0)
-                goto done;
-            if (lat_s <= target * lat_t)
-                break;
-            goal = next_goal(goal, target, lat_t, lat_s, fs_model_flops(teacher),
-                             fs_model_flops(st));
-            fs_model_free(st);
-            st = NULL;
-        }
-        if (!st) {
-            rc = fs_diag_set(d, FS_EINVAL, "prune-channels: latency target %.3f not met after 6 "
-                             "plans (last: %.3f of the teacher's %.3f ms)", target, lat_s / lat_t,
-                             lat_t * 1e3);
-            goto done;
-        }
     }
     if (changes) {
         fs_layer_change *ch = calloc((size_t)p.n_spaces, sizeof *ch);

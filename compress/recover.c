@@ -1,7 +1,6 @@
 /*
- * recover.c — the engine's generic pieces: latency measurement, recovery by SGD on summed
- * gradients from an fs_source, objective evaluation, and exact BN re-estimation from summed
- * moments.
+ * recover.c — the engine's generic pieces: recovery by SGD on summed gradients from an fs_source,
+ * objective evaluation, and exact BN re-estimation from summed moments.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -9,49 +8,6 @@
 
 #include "fs_compress.h"
 #include "fs_rng.h"
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-int fs_latency(double *sec, fs_model *m, int batch, int reps, fs_diag *d)
-{
-    *sec = 0;
-    if (batch <= 0 || reps <= 0 || reps > 1000)
-        return fs_diag_set(d, FS_EINVAL, "latency: batch and reps must be positive");
-    fs_run *r = NULL;
-    int rc = fs_run_create(&r, m, batch, d);
-    if (rc)
-        return rc;
-    size_t n = (size_t)batch * fs_node_numel(m, -1);
-    float *x = fs_alloc(n * sizeof(float));
-    double *t = calloc((size_t)reps, sizeof(double));
-    if (!x || !t) {
-        rc = fs_diag_set(d, FS_ENOMEM, "out of memory");
-        goto done;
-    }
-    fs_rng rng;
-    fs_rng_seed(&rng, 7);
-    for (size_t i = 0; i < n; i++)
-        x[i] = fs_rng_normal(&rng);
-    fs_run_forward(r, m, x, batch, FS_MODE_EVAL);   /* warm-up */
-    for (int i = 0; i < reps; i++) {
-        double t0 = fs_now_sec();
-        fs_run_forward(r, m, x, batch, FS_MODE_EVAL);
-        t[i] = fs_now_sec() - t0;
-    }
-    /* the fastest run: other processes on a shared machine only ever add time, and a median
-       still moved by 2x between candidates here, which made the planner drop the wrong blocks */
-    qsort(t, (size_t)reps, sizeof(double), cmp_double);
-    *sec = t[0];
-done:
-    fs_free(x);
-    free(t);
-    fs_run_free(r);
-    return rc;
-}
 
 void fs_recover_defaults(fs_recover_config *c)
 {

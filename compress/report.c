@@ -76,14 +76,19 @@ json_t *fs_report_json(const fs_pipeline_config *c, const fs_pipeline_output *o,
             "agreement_on_samples", ratio(r->on_source.agree, r->on_source.n), "eval",
             eval_json(&models[i].eval), "accuracy",
             models[i].eval.have ? ratio(models[i].eval.correct, models[i].eval.n) : 0.0);
-        if (r->n_changes > 0) {
-            /* prune-channels: width per layer / residual stream; lowrank: rank per layer */
+        /* prune-channels: width per layer / residual stream; lowrank: rank per layer */
+        for (int rank = 0; rank <= 1; rank++) {
             json_t *ch = json_array();
             for (int k = 0; k < r->n_changes; k++)
-                json_array_append_new(ch, json_pack("{s:s,s:i,s:i}", "layer", r->changes[k].name,
-                                                    "before", r->changes[k].before, "after",
-                                                    r->changes[k].after));
-            json_object_set_new(m, (c->methods & FS_METHOD_LOWRANK) ? "ranks" : "widths", ch);
+                if (r->changes[k].rank == rank)
+                    json_array_append_new(ch, json_pack("{s:s,s:i,s:i}", "layer",
+                                                        r->changes[k].name, "before",
+                                                        r->changes[k].before, "after",
+                                                        r->changes[k].after));
+            if (json_array_size(ch))
+                json_object_set_new(m, rank ? "ranks" : "widths", ch);
+            else
+                json_decref(ch);
         }
         json_array_append_new(arr, m);
     }

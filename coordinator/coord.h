@@ -41,6 +41,7 @@ typedef struct {
     int64_t samples;
     int64_t rounds;                 /* compute rounds answered */
     int replied;                    /* in the current exchange */
+    fs_fed_inflight inflight;       /* its reply of the current exchange (streamed: in parts) */
 } job_agent;
 
 enum { JOB_QUEUED = 0, JOB_RUNNING = 1, JOB_DONE = 2, JOB_FAILED = 3, JOB_CANCELED = 4 };
@@ -53,6 +54,7 @@ typedef struct {
     bool per_class;
     double lr;
     uint64_t step_timeout, admit_timeout;
+    uint64_t stream_part;           /* bytes per COMPUTE_PART of gradient replies; 0 = whole */
 } job_cfg;
 
 typedef struct job {

@@ -20,8 +20,11 @@ static json_t *agents_json(coord *c)
         for (size_t k = 0; k < a->n_classes; k++)
             json_array_append_new(cls, json_integer((json_int_t)a->classes[k]));
         json_array_append_new(
-            arr, json_pack("{s:s,s:b,s:n,s:I,s:I,s:o,s:o,s:o}", "name", a->name, "connected",
-                           a->connected, "address", "n_samples", (json_int_t)a->n_samples,
+            arr, json_pack("{s:s,s:b,s:o,s:I,s:I,s:o,s:o,s:o}", "name", a->name, "connected",
+                           a->connected, "address",
+                           a->connected && a->peer.address[0] ? json_string(a->peer.address)
+                                                               : json_null(),
+                           "n_samples", (json_int_t)a->n_samples,
                            "n_labeled", (json_int_t)a->n_labeled, "classes", cls, "last_seen_s",
                            a->last_seen > 0 ? json_real(now - a->last_seen) : json_null(), "job",
                            a->job[0] ? json_string(a->job) : json_null()));

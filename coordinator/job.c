@@ -33,6 +33,10 @@
 
 static const char *const BN_CHOICES[] = {"frozen", "train", NULL};
 
+/* Ceiling on the bytes a streamed reply may announce; the federated source checks every announced
+ * tensor against the student, this only keeps the counters meaningful. */
+#define FED_MAX_REPLY ((uint64_t)1 << 36)
+
 #define J(f) offsetof(job_cfg, f)
 static const fs_cfg_key JOB_KEYS[] = {
     {"job", "name", FS_CFG_NAME, "job", 0, J(name), 0, 0, 0, 0, NULL, "a short name for the job"},
@@ -78,6 +82,9 @@ static const fs_cfg_key JOB_KEYS[] = {
      NULL, "how long a round waits for agents"},
     {"job", "admit_timeout", FS_CFG_DURATION, "2min", 0, J(admit_timeout), 1000, 86400000000LL, 0,
      0, NULL, "how long the job waits for its agents to connect and accept"},
+    {"job", "stream_part", FS_CFG_SIZE, "256KiB", 0, J(stream_part), 0, 64 << 20, 0, 0, NULL,
+     "gradient replies larger than this come in parts of this size, added as they arrive "
+     "(0 = whole replies)"},
 };
 #undef J
 
@@ -388,17 +395,30 @@ void job_on_agent_message(coord *c, const char *agent, const fs_wire_msg *m)
         }
         break;
     case FS_MSG_COMPUTE_REPLY:
+    case FS_MSG_COMPUTE_HEAD:
+    case FS_MSG_COMPUTE_PART:
         if (c->ex.active && c->ex.j == j && m->round == c->ex.round && ja->state == JA_ACTIVE &&
             !ja->replied) {
+            /* whole replies and streamed parts take the same path into the sums (fs_fed_feed):
+               each part is checked against its head, added, and freed by the caller */
+            fs_diag e = {0};
+            int rc = fs_fed_feed(&ja->inflight, agent, m, c->ex.fn, c->ex.ud, FED_MAX_REPLY, &e);
+            if (rc == FS_FED_MORE)
+                break;
             ja->replied = 1;
-            ja->rounds++;
-            int rc = c->ex.fn(c->ex.ud, agent, m, &c->ex.err);
-            if (rc) {
-                char why[300];
-                snprintf(why, sizeof why, "bad reply: %.280s", c->ex.err.msg);
-                job_agent_left(c, j, agent, why);
-                c->ex.failed = FS_EPROTO;   /* the sum is now incomplete: the round fails */
+            if (rc == 0) {
+                ja->rounds++;
+                break;
             }
+            char why[300];
+            snprintf(why, sizeof why, "bad reply: %.280s", e.msg);
+            fs_log_kv(FS_LOG_ERR, "reply rejected", "JOB", j->id, "AGENT", agent, "TYPE",
+                      fs_msg_type_name(m->type), "REASON", e.msg, NULL);
+            job_agent_left(c, j, agent, why);
+            if (!ja->inflight.touched) {
+                c->ex.failed = FS_EPROTO;   /* the sum is now incomplete: the round fails */
+                c->ex.err = e;
+            }   /* else: exchange() repeats the round without this agent (FS_EAGAIN) */
         }
         break;
     case FS_MSG_ERROR:
@@ -439,6 +459,49 @@ typedef struct {
     job *j;
 } tr_ctx;
 
+/* Sends req to every active agent of the job from one shared copy of its tensor bytes
+ * (fs_fed_broadcast); agents it cannot reach leave the job. */
+static void broadcast(coord *c, job *j, const fs_wire_msg *req)
+{
+    fs_link_peer *peers = calloc((size_t)j->n_agents + 1, sizeof *peers);
+    int *idx = calloc((size_t)j->n_agents + 1, sizeof *idx), *rcs = calloc((size_t)j->n_agents + 1,
+                                                                          sizeof *rcs);
+    size_t n = 0;
+    fs_diag d = {0};
+    int rc = peers && idx && rcs ? 0 : FS_ENOMEM;
+    for (int i = 0; rc == 0 && i < j->n_agents; i++) {
+        agent_rec *a = coord_agent(c, j->agents[i].name);
+        if (j->agents[i].state != JA_ACTIVE)
+            continue;
+        if (!a || !a->connected)
+            job_agent_left(c, j, j->agents[i].name, "unreachable");
+        else {
+            peers[n] = a->peer;
+            idx[n++] = i;
+        }
+    }
+    if (rc == 0)
+        rc = fs_fed_broadcast(c->link, peers, n, req, rcs, &d);
+    if (rc) {
+        /* no memory for the shared copy: the copying send still works */
+        for (int i = 0; i < j->n_agents; i++)
+            if (j->agents[i].state == JA_ACTIVE &&
+                coord_send(c, j->agents[i].name, (fs_wire_msg *)req) != 0)
+                job_agent_left(c, j, j->agents[i].name, "unreachable");
+    } else {
+        for (size_t k = 0; k < n; k++) {
+            if (!rcs[k])
+                continue;
+            fs_log_kv(FS_LOG_WARNING, "send failed", "AGENT", j->agents[idx[k]].name, "TYPE",
+                      fs_msg_type_name(req->type), "REASON", fs_strerror(rcs[k]), NULL);
+            job_agent_left(c, j, j->agents[idx[k]].name, "unreachable");
+        }
+    }
+    free(peers);
+    free(idx);
+    free(rcs);
+}
+
 static int exchange(void *ud, fs_wire_msg *req, fs_fed_reply_fn fn, void *cb_ud, fs_diag *d)
 {
     tr_ctx *t = ud;
@@ -465,13 +528,10 @@ static int exchange(void *ud, fs_wire_msg *req, fs_fed_reply_fn fn, void *cb_ud,
     c->ex.failed = 0;
     memset(&c->ex.err, 0, sizeof c->ex.err);
     for (int i = 0; i < j->n_agents; i++) {
-        job_agent *ja = &j->agents[i];
-        ja->replied = 0;
-        if (ja->state != JA_ACTIVE)
-            continue;
-        if (coord_send(c, ja->name, req) != 0)
-            job_agent_left(c, j, ja->name, "unreachable");
+        j->agents[i].replied = 0;
+        fs_fed_inflight_reset(&j->agents[i].inflight);
     }
+    broadcast(c, j, req);
     /* replies are added into the sums as they arrive (fn), so an agent that times out simply
        contributes nothing to this round and is dropped from the job */
     uint64_t deadline = fs_now_usec() + j->cfg.step_timeout;
@@ -493,6 +553,15 @@ static int exchange(void *ud, fs_wire_msg *req, fs_fed_reply_fn fn, void *cb_ud,
         coord_pump(c, (int)((deadline - now) / 1000 + 1));
     }
     c->ex.active = 0;
+    /* an agent that left after part of its streamed reply was added spoiled the sums (they cannot
+       be taken out again): the source repeats the round without it */
+    char spoiled[FS_WIRE_NAME_MAX + 1] = "";
+    for (int i = 0; i < j->n_agents; i++) {
+        job_agent *ja = &j->agents[i];
+        if (ja->inflight.touched && ja->inflight.state != 2 && !spoiled[0])
+            snprintf(spoiled, sizeof spoiled, "%s", ja->name);
+        fs_fed_inflight_reset(&ja->inflight);
+    }
     if (c->stopping)
         return fs_diag_set(d, FS_ECANCELED, "the coordinator is stopping");
     if (j->cancel)
@@ -504,6 +573,14 @@ static int exchange(void *ud, fs_wire_msg *req, fs_fed_reply_fn fn, void *cb_ud,
         return fs_diag_set(d, FS_ETIMEDOUT, "round %u: only %d agent%s answered, below the quorum "
                            "of %d", j->round, job_active(j), job_active(j) == 1 ? "" : "s",
                            job_quorum(j));
+    if (spoiled[0]) {
+        char r[32];
+        snprintf(r, sizeof r, "%u", j->round);
+        fs_log_kv(FS_LOG_WARNING, "round repeated: an agent left in the middle of its reply", "JOB",
+                  j->id, "ROUND", r, "AGENT", spoiled, NULL);
+        return fs_diag_set(d, FS_EAGAIN, "round %u: agent %s left in the middle of its reply",
+                           j->round, spoiled);
+    }
     return 0;
 }
 
@@ -1065,7 +1142,7 @@ static int job_run(coord *c, job *j, fs_diag *d)
     if (rc == 0)
         rc = admit(c, j, d);
     tr_ctx tctx = {c, j};
-    fs_fed_transport t = {exchange, total_samples, &tctx};
+    fs_fed_transport t = {exchange, total_samples, &tctx, (size_t)j->cfg.stream_part};
     if (rc == 0)
         rc = fs_fed_source(&fed, &t, d);
     if (rc == 0) {

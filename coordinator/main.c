@@ -78,12 +78,16 @@ static void record(coord *c, const char *agent, const fs_wire_msg *m)
 {
     if (!c->record)
         return;
-    size_t bytes = 0;
+    size_t bytes = 0, n = m->n_tensors;
     for (size_t i = 0; i < m->n_tensors; i++)
-        bytes += m->tensors[i].nbytes;
+        bytes += m->tensors[i].nbytes;   /* COMPUTE_HEAD: the bytes it announces */
+    if (m->type == FS_MSG_COMPUTE_PART) {
+        n = m->u.compute_part.n_slices;
+        for (size_t i = 0; i < n; i++)
+            bytes += m->u.compute_part.slices[i].len;
+    }
     const char *kind = m->type == FS_MSG_COMPUTE_REQ ? m->u.compute_req.kind : "-";
-    fprintf(c->record, "%s %s %s %zu %zu\n", agent, fs_msg_type_name(m->type), kind, m->n_tensors,
-            bytes);
+    fprintf(c->record, "%s %s %s %zu %zu\n", agent, fs_msg_type_name(m->type), kind, n, bytes);
     fflush(c->record);
 }
 
@@ -145,11 +149,8 @@ static void on_message(coord *c, const fs_link_peer *peer, fs_wire_msg *m)
         e.type = FS_MSG_ERROR;
         snprintf(e.u.error.code, sizeof e.u.error.code, "hello");
         snprintf(e.u.error.text, sizeof e.u.error.text, "unknown agent: send HELLO first");
-        agent_rec tmp;
-        memset(&tmp, 0, sizeof tmp);
         fs_diag d = {0};
         (void)fs_link_server_send(c->link, peer, &e, &d);
-        (void)tmp;
         return;
     }
     a->peer = *peer;
@@ -228,6 +229,14 @@ int coord_pump(coord *c, int timeout_ms)
         handle_signals(c);
     if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
         fs_link_server_service_monitor(c->link);
+    char lost[65];
+    while (fs_link_server_take_lost(c->link, lost, sizeof lost)) {
+        agent_rec *a = coord_agent(c, lost);
+        if (a && a->connected) {
+            a->connected = 0;    /* a reconnection says hello again; a job waits out its step */
+            fs_log_kv(FS_LOG_INFO, "agent disconnected", "AGENT", lost, NULL);
+        }
+    }
     if (rc > 0 && (items[0].revents & ZMQ_POLLIN)) {
         for (int k = 0; k < 256; k++) {
             fs_link_peer peer;
@@ -329,6 +338,9 @@ int main(int argc, char **argv)
     lo.limits.max_message_bytes = c->cfg.limits.max_message;
     lo.limits.max_frames = (size_t)c->cfg.limits.max_frames + 1;
     lo.max_garbage = (unsigned)c->cfg.limits.max_protocol_errors;
+    /* what libzmq may queue per agent: with streamed replies the coordinator holds about
+       rcvhwm parts per agent in flight besides the one model-sized sum (docs/federation.md) */
+    lo.rcvhwm = FS_FED_COORD_RCVHWM;
     rc = fs_link_server_open(&c->link, c->zctx, c->cfg.listen, sec, c->cfg.allow_list, &lo, &d);
     sodium_memzero(sec, sizeof sec);
     if (rc == 0)

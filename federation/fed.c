@@ -3,6 +3,8 @@
  * (coordinator) and the request server (agent). See fs_fed.h for the message contents.
  */
 #include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,10 +123,19 @@ static int ensure_tensors(fed_src *f, size_t n, fs_diag *d)
     return 0;
 }
 
+/* Only gradient replies are asked to stream; anything else must arrive whole. */
+static int need_whole(const char *agent, const fs_wire_msg *r, fs_diag *d)
+{
+    if (r->type == FS_MSG_COMPUTE_REPLY)
+        return 0;
+    return fs_diag_set(d, FS_EPROTO, "agent %s: %s to a request that asked for a whole reply",
+                       agent, fs_msg_type_name(r->type));
+}
+
 static int reply_count(void *ud, const char *agent, const fs_wire_msg *r, fs_diag *d)
 {
-    (void)agent;
-    (void)d;
+    if (need_whole(agent, r, d))
+        return FS_EPROTO;
     fed_src *f = ud;
     f->count += (int64_t)r->u.compute_reply.count;
     return 0;
@@ -219,9 +230,18 @@ static int src_set_student(void *self, const fs_model *student, fs_diag *d)
     return 0;   /* the graph is announced lazily, with the first request that needs it */
 }
 
-static int exchange(fed_src *f, fs_wire_msg *req, fs_fed_reply_fn fn, fs_diag *d)
+/* One request to every agent. `reset` (may be NULL) zeroes the sums before a repeat: the transport
+ * returns FS_EAGAIN when an agent left after part of its streamed reply had been added. */
+static int exchange_retry(fed_src *f, fs_wire_msg *req, fs_fed_reply_fn fn,
+                          void (*reset)(fed_src *), fs_diag *d)
 {
     int rc = f->t.exchange(f->t.ud, req, fn, f, d);
+    for (int k = 1; rc == FS_EAGAIN && reset && k < FS_FED_RETRIES; k++) {
+        reset(f);
+        rc = f->t.exchange(f->t.ud, req, fn, f, d);
+    }
+    if (rc == FS_EAGAIN)   /* not repeatable here, or repeated enough: a plain protocol failure */
+        rc = FS_EPROTO;
     if (rc == 0)
         commit_sent(f);
     else {
@@ -230,6 +250,11 @@ static int exchange(fed_src *f, fs_wire_msg *req, fs_fed_reply_fn fn, fs_diag *d
         f->graph_key = NULL;
     }
     return rc;
+}
+
+static int exchange(fed_src *f, fs_wire_msg *req, fs_fed_reply_fn fn, fs_diag *d)
+{
+    return exchange_retry(f, req, fn, NULL, d);
 }
 
 static void put_int(fs_kv *kv, size_t *n, const char *key, int64_t v)
@@ -260,29 +285,101 @@ static void put_nums(fs_kv *kv, size_t *n, const char *key, const double *v, siz
     (*n)++;
 }
 
+/* acc[k] += src[k] for n floats; src may be unaligned (a slice inside a received frame). */
+static void add_f32(double *restrict acc, const void *src, size_t n)
+{
+    if ((uintptr_t)src % _Alignof(float) == 0) {
+        const float *g = src;
+        for (size_t k = 0; k < n; k++)
+            acc[k] += g[k];
+        return;
+    }
+    float buf[1024];
+    for (size_t k = 0; k < n; k += 1024) {
+        size_t m = n - k < 1024 ? n - k : 1024;
+        memcpy(buf, (const uint8_t *)src + k * sizeof(float), m * sizeof(float));
+        for (size_t i = 0; i < m; i++)
+            acc[k + i] += buf[i];
+    }
+}
+
+/* The student parameter a gradient tensor announces, or NULL if it is not an expected one. */
+static fs_param *grad_param(fed_src *f, const fs_wire_tensor *t)
+{
+    if (strncmp(t->name, "grad/", 5))
+        return NULL;
+    fs_param *p = fs_model_param(f->student, t->name + 5);
+    if (!p || !p->grad || !p->trainable || t->dtype != FS_WIRE_F32 ||
+        tensor_numel(t) != (int64_t)p->numel)
+        return NULL;
+    return p;
+}
+
+/* Whole replies, and streamed ones: the head is checked completely (every announced tensor an
+ * expected gradient) before anything is added; each part was checked by fs_fed_feed against the
+ * head (order, offsets, sizes), so its slices land inside the announced gradients. */
 static int reply_loss(void *ud, const char *agent, const fs_wire_msg *r, fs_diag *d)
 {
     fed_src *f = ud;
+    if (r->type == FS_MSG_COMPUTE_PART) {
+        const typeof(r->u.compute_part) *pt = &r->u.compute_part;
+        for (size_t i = 0; i < pt->n_slices; i++) {
+            const fs_wire_slice *sl = &pt->slices[i];
+            fs_param *p = fs_model_param(f->student, sl->name + 5);
+            if (!p || !p->grad || sl->offset % sizeof(float) || sl->len % sizeof(float) ||
+                sl->offset / sizeof(float) + sl->len / sizeof(float) > p->numel)
+                return fs_diag_set(d, FS_EPROTO, "agent %s: slice of '%s' outside its gradient",
+                                   agent, sl->name);   /* cannot happen after fs_fed_feed */
+        }
+        for (size_t i = 0; i < pt->n_slices; i++) {
+            const fs_wire_slice *sl = &pt->slices[i];
+            fs_param *p = fs_model_param(f->student, sl->name + 5);
+            double *acc = f->gacc + (p->grad - f->student->grad_block) +
+                          sl->offset / sizeof(float);
+            add_f32(acc, sl->data, sl->len / sizeof(float));
+        }
+        return 0;
+    }
+    const fs_kvlist *sc = r->type == FS_MSG_COMPUTE_HEAD ? &r->u.compute_head.scalars
+                                                         : &r->u.compute_reply.scalars;
+    uint64_t count = r->type == FS_MSG_COMPUTE_HEAD ? r->u.compute_head.count
+                                                    : r->u.compute_reply.count;
     double ls;
-    if (fs_kv_get_f64(&r->u.compute_reply.scalars, "loss_sum", &ls) != 0)
+    if (fs_kv_get_f64(sc, "loss_sum", &ls) != 0)
         return fs_diag_set(d, FS_EPROTO, "agent %s: loss reply without loss_sum", agent);
-    f->loss_sum += ls;
-    f->count += (int64_t)r->u.compute_reply.count;
     for (size_t i = 0; i < r->n_tensors; i++) {
         const fs_wire_tensor *t = &r->tensors[i];
         if (strncmp(t->name, "grad/", 5))
             continue;
-        fs_param *p = fs_model_param(f->student, t->name + 5);
-        if (!p || !p->grad || !p->trainable || t->dtype != FS_WIRE_F32 ||
-            tensor_numel(t) != (int64_t)p->numel)
+        if (!grad_param(f, t))
             return fs_diag_set(d, FS_EPROTO, "agent %s: unexpected gradient tensor '%s'", agent,
                                t->name);
-        const float *g = t->data;
-        double *acc = f->gacc + (p->grad - f->student->grad_block);
-        for (size_t k = 0; k < p->numel; k++)
-            acc[k] += g[k];
+    }
+    if (r->type == FS_MSG_COMPUTE_HEAD) {
+        for (size_t i = 0; i < r->n_tensors; i++)
+            if (strncmp(r->tensors[i].name, "grad/", 5))
+                return fs_diag_set(d, FS_EPROTO, "agent %s: streamed tensor '%s' is not a "
+                                   "gradient", agent, r->tensors[i].name);
+    }
+    f->loss_sum += ls;
+    f->count += (int64_t)count;
+    if (r->type == FS_MSG_COMPUTE_HEAD)
+        return 0;   /* the bytes follow in parts */
+    for (size_t i = 0; i < r->n_tensors; i++) {
+        const fs_wire_tensor *t = &r->tensors[i];
+        fs_param *p = grad_param(f, t);
+        if (p)
+            add_f32(f->gacc + (p->grad - f->student->grad_block), t->data, p->numel);
     }
     return 0;
+}
+
+static void reset_loss(fed_src *f)
+{
+    f->loss_sum = 0;
+    f->count = 0;
+    if (f->gacc && f->gacc_n >= f->student->grad_floats)
+        memset(f->gacc, 0, f->student->grad_floats * sizeof(double));
 }
 
 static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss_sum *out,
@@ -315,6 +412,8 @@ static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss
     put_int(kv, &nk, "pad", q->sample.pad);
     put_int(kv, &nk, "hflip", q->sample.hflip);
     put_int(kv, &nk, "total_n", f->t.total_samples(f->t.ud));
+    if (q->want_grad && f->t.stream_bytes)
+        put_int(kv, &nk, "stream", (int64_t)f->t.stream_bytes);
     fs_wire_msg req;
     memset(&req, 0, sizeof req);
     req.type = FS_MSG_COMPUTE_REQ;
@@ -336,7 +435,7 @@ static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss
         }
         memset(f->gacc, 0, student->grad_floats * sizeof(double));
     }
-    if ((rc = exchange(f, &req, reply_loss, d)) != 0)
+    if ((rc = exchange_retry(f, &req, reply_loss, reset_loss, d)) != 0)
         return rc;
     if (q->want_grad)
         for (size_t k = 0; k < student->grad_floats; k++)
@@ -348,6 +447,8 @@ static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss
 
 static int reply_moments(void *ud, const char *agent, const fs_wire_msg *r, fs_diag *d)
 {
+    if (need_whole(agent, r, d))
+        return FS_EPROTO;
     fed_src *f = ud;
     const fs_wire_tensor *s = find_tensor(r, "sum"), *q = find_tensor(r, "sumsq"),
                          *c = find_tensor(r, "count");
@@ -422,6 +523,8 @@ static int src_moments(void *self, fs_model *student, const int *nodes, int n_no
 
 static int reply_hist(void *ud, const char *agent, const fs_wire_msg *r, fs_diag *d)
 {
+    if (need_whole(agent, r, d))
+        return FS_EPROTO;
     fed_src *f = ud;
     const fs_wire_tensor *c = find_tensor(r, "counts");
     if (!c || c->dtype != FS_WIRE_I64 || tensor_numel(c) != (int64_t)f->n_hist)
@@ -477,6 +580,8 @@ static int src_histogram(void *self, fs_model *student, const int *nodes, int n_
 
 static int reply_eval(void *ud, const char *agent, const fs_wire_msg *r, fs_diag *d)
 {
+    if (need_whole(agent, r, d))
+        return FS_EPROTO;
     fed_src *f = ud;
     const fs_kvlist *s = &r->u.compute_reply.scalars;
     double n, nl, c, a, l;
@@ -865,4 +970,158 @@ int fs_fed_serve(fs_fed_agent *a, const fs_wire_msg *req, fs_wire_msg *reply, fs
         return 0;
     }
     return fs_diag_set(d, FS_EPROTO, "unknown compute kind '%s'", kind);
+}
+
+/* ---- replies in flight (transports) and streamed sending (agents) ---------------------------- */
+
+void fs_fed_inflight_reset(fs_fed_inflight *st)
+{
+    fs_wire_stream_rx_free(&st->rx);
+    st->state = 0;
+    st->touched = 0;
+}
+
+/* Prefixes d's message with the agent's name (the caller logs it as the reason it was dropped). */
+static int agent_err(fs_diag *d, int rc, const char *agent)
+{
+    char msg[sizeof d->msg];
+    snprintf(msg, sizeof msg, "%s", d->msg);
+    return fs_diag_set(d, rc, "agent %s: %s", agent, msg);
+}
+
+int fs_fed_feed(fs_fed_inflight *st, const char *agent, const fs_wire_msg *m, fs_fed_reply_fn fn,
+                void *cb_ud, uint64_t max_total, fs_diag *d)
+{
+    int rc;
+    switch (m->type) {
+    case FS_MSG_COMPUTE_REPLY:
+        if (st->state != 0)
+            return fs_diag_set(d, FS_EPROTO, "agent %s: COMPUTE_REPLY after the start of a "
+                               "streamed reply", agent);
+        if ((rc = fn(cb_ud, agent, m, d)) != 0)
+            return rc;
+        st->state = 2;
+        return 0;
+    case FS_MSG_COMPUTE_HEAD:
+        if (st->state != 0)
+            return fs_diag_set(d, FS_EPROTO, "agent %s: a second reply (COMPUTE_HEAD) in one "
+                               "round", agent);
+        if ((rc = fs_wire_stream_rx_begin(&st->rx, m, max_total, d)) != 0)
+            return agent_err(d, rc, agent);
+        if ((rc = fn(cb_ud, agent, m, d)) != 0) {
+            fs_wire_stream_rx_free(&st->rx);
+            return rc;
+        }
+        st->touched = 1;   /* its count and scalars are in the sums */
+        st->state = 1;
+        break;
+    case FS_MSG_COMPUTE_PART:
+        if (st->state != 1)
+            return fs_diag_set(d, FS_EPROTO, "agent %s: COMPUTE_PART %u without a COMPUTE_HEAD "
+                               "before it", agent, m->u.compute_part.part);
+        if ((rc = fs_wire_stream_rx_part(&st->rx, m, d)) != 0)
+            return agent_err(d, rc, agent);
+        if ((rc = fn(cb_ud, agent, m, d)) != 0)
+            return rc;
+        break;
+    default:
+        return fs_diag_set(d, FS_EPROTO, "agent %s: %s is not a reply", agent,
+                           fs_msg_type_name(m->type));
+    }
+    if (!fs_wire_stream_rx_done(&st->rx))
+        return FS_FED_MORE;
+    fs_wire_stream_rx_free(&st->rx);
+    st->state = 2;
+    return 0;
+}
+
+/* A part waits for room in the link's queue: the coordinator drains every agent's parts in
+ * turn, so a full queue means "later", not "gone". */
+static int send_patiently(fs_link_client *link, const fs_wire_msg *m, fs_diag *d)
+{
+    int rc = fs_link_client_send(link, m, d);
+    for (int k = 0; rc == FS_ETIMEDOUT && k < 12; k++)
+        rc = fs_link_client_send(link, m, d);
+    return rc;
+}
+
+int fs_fed_send_reply(fs_link_client *link, const fs_wire_msg *req, const fs_wire_msg *reply,
+                      size_t chunk, fs_diag *d)
+{
+    int64_t part = 0;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < reply->n_tensors; i++)
+        bytes += reply->tensors[i].nbytes;
+    if (req->type != FS_MSG_COMPUTE_REQ ||
+        fs_kv_get_i64(&req->u.compute_req.args, "stream", &part) != 0 || part <= 0 ||
+        bytes <= (uint64_t)part)
+        return fs_link_client_send(link, reply, d);
+    /* a part of at least 4 KiB (per-message costs) and at most 64 MiB (whatever was asked) */
+    if (part < 4096)
+        part = 4096;
+    if (part > ((int64_t)64 << 20))
+        part = (int64_t)64 << 20;
+    fs_wire_stream_tx tx;
+    fs_wire_msg head, pm;
+    int rc = fs_wire_stream_tx_init(&tx, reply, (size_t)part, chunk ? chunk : FS_WIRE_CHUNK_DEFAULT,
+                                    &head, d);
+    if (rc || (rc = send_patiently(link, &head, d)) != 0)
+        return rc;
+    while (fs_wire_stream_tx_next(&tx, &pm))
+        if ((rc = send_patiently(link, &pm, d)) != 0)
+            return rc;
+    return 0;
+}
+
+/* ---- broadcast from one shared copy (coordinator) -------------------------------------------- */
+
+typedef struct {
+    atomic_size_t refs;
+    void *block;
+} req_snap;
+
+static void snap_unref(void *arg)
+{
+    req_snap *s = arg;
+    if (atomic_fetch_sub(&s->refs, 1) == 1) {
+        free(s->block);
+        free(s);
+    }
+}
+
+int fs_fed_broadcast(fs_link_server *link, const fs_link_peer *peers, size_t n,
+                     const fs_wire_msg *req, int *rc, fs_diag *d)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < req->n_tensors; i++)
+        total += req->tensors[i].nbytes;
+    req_snap *snap = calloc(1, sizeof *snap);
+    fs_wire_tensor *tv = calloc(req->n_tensors ? req->n_tensors : 1, sizeof *tv);
+    if (snap)
+        snap->block = malloc(total ? total : 1);
+    if (!snap || !snap->block || !tv) {
+        if (snap)
+            free(snap->block);
+        free(snap);
+        free(tv);
+        return fs_diag_set(d, FS_ENOMEM, "broadcast: out of memory (%zu bytes)", total);
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < req->n_tensors; i++) {
+        tv[i] = req->tensors[i];
+        tv[i].data = (uint8_t *)snap->block + off;
+        memcpy(tv[i].data, req->tensors[i].data, req->tensors[i].nbytes);
+        off += req->tensors[i].nbytes;
+    }
+    fs_wire_msg m = *req;
+    m.tensors = tv;
+    atomic_init(&snap->refs, 1);
+    for (size_t i = 0; i < n; i++) {
+        fs_diag e = {0};
+        atomic_fetch_add(&snap->refs, 1);   /* released exactly once, also on failure */
+        rc[i] = fs_link_server_send_zc(link, &peers[i], &m, snap_unref, snap, &e);
+    }
+    free(tv);
+    snap_unref(snap);
+    return 0;
 }

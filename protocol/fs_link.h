@@ -55,6 +55,7 @@ typedef struct {
     char name[65];     /* the ZAP User-Id = allow-list name (never taken from the payload) */
     uint8_t rid[256];  /* ROUTER routing id of the latest message from it (changes on reconnect) */
     size_t rid_len;
+    char address[64];  /* the peer's IP address as the ROUTER saw it ("" if libzmq did not say) */
 } fs_link_peer;
 
 /* Counters (monotonic) for tests and status lines. */
@@ -87,6 +88,10 @@ void *fs_link_server_socket(fs_link_server *s);
 void *fs_link_server_monitor_socket(fs_link_server *s);
 /* Drains and logs pending monitor events (never blocks). */
 void fs_link_server_service_monitor(fs_link_server *s);
+/* After fs_link_server_service_monitor (or a rebind): true and `name` filled, once per loss, for
+ * each peer whose latest connection has closed since (a reset, the ZMTP heartbeat timing out, the
+ * agent's process ending). The peer may already be reconnecting; its next message says so. */
+bool fs_link_server_take_lost(fs_link_server *s, char *name, size_t cap);
 
 /* Receives at most one message, waiting up to timeout_ms (-1: forever, 0: poll).
  *   0            *msg = decoded, authenticated, session-checked message (returns owned:

@@ -43,8 +43,10 @@ typedef enum {
     FS_MSG_COMPUTE_REPLY = 10,
     FS_MSG_ERROR = 11,
     FS_MSG_BYE = 12,
+    FS_MSG_COMPUTE_HEAD = 13, /* a streamed COMPUTE_REPLY: count, scalars, tensors announced */
+    FS_MSG_COMPUTE_PART = 14, /* ... followed by its bytes in parts (docs/protocol.md §4b) */
 } fs_msg_type;
-#define FS_MSG_TYPE_MAX 12
+#define FS_MSG_TYPE_MAX 14
 
 /* "HELLO", ...; "?" for an unknown value. */
 const char *fs_msg_type_name(int type);
@@ -72,6 +74,15 @@ typedef struct {
     void *data;
     size_t nbytes;
 } fs_wire_tensor;
+
+/* A slice of a tensor announced by a COMPUTE_HEAD: `len` bytes at byte `offset`. On encode `data`
+ * is borrowed; on decode it points into the received frame (valid until fs_wire_msg_free). */
+typedef struct {
+    char name[FS_WIRE_TENSOR_NAME_MAX + 1];
+    uint64_t offset;
+    const void *data;
+    size_t len;
+} fs_wire_slice;
 
 /* Generic key -> value pairs (JOB_OFFER config, COMPUTE_REQ args, COMPUTE_REPLY scalars). Keys:
  * 1..64 chars [A-Za-z0-9._-], unique. Values: signed integer, double, string (printable ASCII,
@@ -150,6 +161,17 @@ typedef struct fs_wire_msg {
             fs_kvlist scalars; /* all FS_KV_FLOAT after decoding */
         } compute_reply;  /* + tensors */
         struct {
+            uint64_t count;
+            fs_kvlist scalars; /* all FS_KV_FLOAT after decoding */
+            uint32_t parts;    /* COMPUTE_PART messages that follow (0 iff no tensors) */
+        } compute_head; /* + tensors ANNOUNCED: name, dtype, shape, nbytes; data is NULL on decode
+                         * and ignored on encode */
+        struct {
+            uint32_t part;               /* 0, 1, ... parts - 1 */
+            const fs_wire_slice *slices; /* one raw frame each; borrowed / frame-backed */
+            size_t n_slices;
+        } compute_part;
+        struct {
             char code[FS_WIRE_NAME_MAX + 1]; /* "version", "stale", "busy", ... */
             char text[FS_WIRE_TEXT_MAX + 1];
             bool has_supported; /* `supported: [min, max]` (code "version") */
@@ -159,7 +181,7 @@ typedef struct fs_wire_msg {
             char reason[FS_WIRE_TEXT_MAX + 1];
         } bye;
     } u;
-    fs_wire_tensor *tensors; /* COMPUTE_REQ / COMPUTE_REPLY only */
+    fs_wire_tensor *tensors; /* COMPUTE_REQ / COMPUTE_REPLY / COMPUTE_HEAD only */
     size_t n_tensors;
     struct fs_wire_owned *owned; /* decoder bookkeeping; NULL for caller-built messages */
 } fs_wire_msg;
@@ -305,5 +327,61 @@ void fs_model_rx_free(fs_model_rx *rx);
 FS_MUST_CHECK int fs_model_make_chunk(const fs_wire_msg *req, const uint8_t *blob, uint64_t total,
                                       const uint8_t digest[FS_WIRE_DIGEST_BYTES], size_t max_len,
                                       fs_wire_msg *chunk, fs_diag *d);
+
+/* ---- streamed replies: COMPUTE_HEAD + COMPUTE_PART ---------------------------------------- */
+
+/* A reply too large to hold whole at the receiver travels as a COMPUTE_HEAD (count, scalars, the
+ * tensors' names, dtypes and shapes, the number of parts) followed by `parts` COMPUTE_PART
+ * messages, each carrying the next bytes of the announced tensors in announcement order, in slices
+ * of at most one chunk (one raw frame each). The receiver adds each part into its sums and frees
+ * it, so it holds one part per peer in flight instead of the whole reply. docs/protocol.md §4b. */
+
+#define FS_WIRE_STREAM_MAX_SLICES 64 /* slices per part the sender makes */
+
+/* Sender side. */
+typedef struct {
+    const fs_wire_msg *reply; /* borrowed */
+    size_t part_bytes, chunk;
+    uint32_t parts, next;
+    size_t t;                 /* cursor: tensor, byte offset in it */
+    uint64_t off;
+    fs_wire_slice slices[FS_WIRE_STREAM_MAX_SLICES];
+} fs_wire_stream_tx;
+
+/* Prepares sending `reply` (a COMPUTE_REPLY with tensors; borrowed until the last part was sent)
+ * as parts of at most `part_bytes` bytes (>= 1; a part holds at least one slice) in slices of at
+ * most `chunk` bytes, slice boundaries on element boundaries. Fills *head (COMPUTE_HEAD; job,
+ * round, step, count, scalars and tensors borrowed from reply). 0 or FS_EINVAL. */
+FS_MUST_CHECK int fs_wire_stream_tx_init(fs_wire_stream_tx *tx, const fs_wire_msg *reply,
+                                         size_t part_bytes, size_t chunk, fs_wire_msg *head,
+                                         fs_diag *d);
+/* Fills *part with the next COMPUTE_PART (slices point into tx and the reply's tensors). Returns
+ * false when all parts were made. */
+bool fs_wire_stream_tx_next(fs_wire_stream_tx *tx, fs_wire_msg *part);
+
+/* Receiver side: checks that the parts arrive in order, each exactly once, slice by slice
+ * continuing exactly where the previous one stopped, on element boundaries, and that the last
+ * part completes every announced tensor. One per peer and reply. */
+typedef struct {
+    uint32_t parts, next;
+    size_t n;                  /* announced tensors */
+    struct fs_wire_stream_t *t; /* their names and sizes (owned) */
+    size_t cur;                /* cursor: tensor, bytes of it received */
+    uint64_t off;
+    uint64_t received, total;  /* bytes */
+} fs_wire_stream_rx;
+
+/* Starts receiving the reply announced by `head` (COMPUTE_HEAD, borrowed: names are copied).
+ * max_total: ceiling on the announced bytes. 0, FS_EPROTO or FS_ENOMEM. */
+FS_MUST_CHECK int fs_wire_stream_rx_begin(fs_wire_stream_rx *rx, const fs_wire_msg *head,
+                                          uint64_t max_total, fs_diag *d);
+/* Checks a whole COMPUTE_PART before the caller uses any of it. 0: the slices are the next bytes
+ * of the announced tensors (the caller may add them) and rx advanced; FS_EPROTO: rx unchanged,
+ * d says which part/slice/tensor and why. */
+FS_MUST_CHECK int fs_wire_stream_rx_part(fs_wire_stream_rx *rx, const fs_wire_msg *part,
+                                         fs_diag *d);
+/* Every announced byte has arrived (after the last part, or at once if nothing was announced). */
+bool fs_wire_stream_rx_done(const fs_wire_stream_rx *rx);
+void fs_wire_stream_rx_free(fs_wire_stream_rx *rx); /* NULL-safe; leaves rx zeroed */
 
 #endif

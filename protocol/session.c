@@ -29,7 +29,8 @@ void fs_wire_session_expect(fs_wire_session *s, const char *job, uint32_t round,
 static bool job_scoped(fs_msg_type t)
 {
     return t == FS_MSG_JOB_ACCEPT || t == FS_MSG_JOB_DECLINE || t == FS_MSG_MODEL_REQ ||
-           t == FS_MSG_MODEL_CHUNK || t == FS_MSG_COMPUTE_REQ || t == FS_MSG_COMPUTE_REPLY;
+           t == FS_MSG_MODEL_CHUNK || t == FS_MSG_COMPUTE_REQ || t == FS_MSG_COMPUTE_REPLY ||
+           t == FS_MSG_COMPUTE_HEAD || t == FS_MSG_COMPUTE_PART;
 }
 
 int fs_wire_session_check(fs_wire_session *s, const fs_wire_msg *m, fs_diag *d)
@@ -58,7 +59,8 @@ int fs_wire_session_check(fs_wire_session *s, const fs_wire_msg *m, fs_diag *d)
                                fs_msg_type_name(m->type), m->job, s->job);
         }
     }
-    if (m->type == FS_MSG_COMPUTE_REQ || m->type == FS_MSG_COMPUTE_REPLY) {
+    if (m->type == FS_MSG_COMPUTE_REQ || m->type == FS_MSG_COMPUTE_REPLY ||
+        m->type == FS_MSG_COMPUTE_HEAD || m->type == FS_MSG_COMPUTE_PART) {
         if (s->check_round && m->round != s->round) {
             s->n_rejected++;
             return fs_diag_set(d, FS_EPROTO, "%s for round %u, expected %u",

@@ -128,7 +128,7 @@ static int rx_multipart(void *sock, rxbuf *r, size_t max_frames, size_t max_byte
     return 0;
 }
 
-/* Frames kept alive for a decoded message that points into them (MODEL_CHUNK). */
+/* Frames kept alive for a decoded message that points into them (MODEL_CHUNK, COMPUTE_PART). */
 typedef struct {
     size_t n;
     zmq_msg_t m[];
@@ -140,6 +140,20 @@ static void held_release(void *arg)
     for (size_t i = 0; i < h->n; i++)
         zmq_msg_close(&h->m[i]);
     free(h);
+}
+
+/* `p` pointed into frame b[i] before the frames moved into h: the same place in h->m[i]. A frame
+ * of <= 33 bytes keeps its bytes inside the zmq_msg_t, so they moved with it (libzmq 4.3.4's CURVE
+ * decode shrinks the received message in place and never produces one; without CURVE it would). */
+static const void *repoint(const void *p, const fs_wire_buf *b, held_frames *h)
+{
+    uintptr_t q = (uintptr_t)p;
+    for (size_t i = 0; i < h->n; i++) {
+        uintptr_t s = (uintptr_t)b[i].data;
+        if (b[i].len && q >= s && q - s < b[i].len)
+            return (const uint8_t *)zmq_msg_data(&h->m[i]) + (q - s);
+    }
+    return p;
 }
 
 /* Decodes frames r->m[first..n). On success, if the message borrows its frames, they move into it
@@ -156,10 +170,10 @@ static int rx_decode(rxbuf *r, size_t first, const fs_wire_limits *lim, fs_wire_
         b[i].len = zmq_msg_size(&r->m[first + i]);
     }
     int rc = fs_wire_decode(b, n, lim, out, peer_version, d);
-    free(b);
-    if (rc == 0 && (*out)->type == FS_MSG_MODEL_CHUNK) {
+    if (rc == 0 && ((*out)->type == FS_MSG_MODEL_CHUNK || (*out)->type == FS_MSG_COMPUTE_PART)) {
         held_frames *h = malloc(sizeof *h + n * sizeof(zmq_msg_t));
         if (!h) {
+            free(b);
             fs_wire_msg_free(*out);
             *out = NULL;
             return fs_diag_set(d, FS_ENOMEM, "link: out of memory");
@@ -169,12 +183,17 @@ static int rx_decode(rxbuf *r, size_t first, const fs_wire_limits *lim, fs_wire_
             zmq_msg_init(&h->m[i]);
             zmq_msg_move(&h->m[i], &r->m[first + i]);
         }
-        /* A frame of <= 33 bytes keeps its bytes inside the zmq_msg_t, so they moved with it.
-         * (libzmq 4.3.4's CURVE decode shrinks the received message in place and never produces
-         * such a frame; without CURVE it would.) */
-        (*out)->u.model_chunk.data = zmq_msg_data(&h->m[1]);
+        if ((*out)->type == FS_MSG_MODEL_CHUNK) {
+            (*out)->u.model_chunk.data = repoint((*out)->u.model_chunk.data, b, h);
+        } else {
+            /* the decoder allocated the slices; only the link re-points them */
+            fs_wire_slice *sl = (fs_wire_slice *)(*out)->u.compute_part.slices;
+            for (size_t k = 0; k < (*out)->u.compute_part.n_slices; k++)
+                sl[k].data = repoint(sl[k].data, b, h);
+        }
         fs_wire_msg_set_release(*out, held_release, h);
     }
+    free(b);
     return rc;
 }
 
@@ -323,6 +342,8 @@ typedef struct {
     fs_wire_session sess;
     uint64_t tx_seq;
     bool quarantined;
+    int fd;     /* the connection its latest message came on (ZMQ_SRCFD), -1 unknown */
+    bool lost;  /* that connection closed; not yet taken by fs_link_server_take_lost */
 } peer_state;
 
 struct fs_link_server {
@@ -364,6 +385,7 @@ static peer_state *find_peer(fs_link_server *s, const char *name, bool create)
     if (!p)
         return NULL;
     snprintf(p->name, sizeof p->name, "%s", name);
+    p->fd = -1;
     fs_wire_session_init(&p->sess);
     p->sess.garbage_threshold = s->opt.max_garbage;
     if (s->expect_set)
@@ -529,6 +551,12 @@ void fs_link_server_service_monitor(fs_link_server *s)
                            ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
             if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
                 s->st.auth_failures++;
+            if (ev == ZMQ_EVENT_DISCONNECTED)   /* val: the closed connection's fd */
+                for (size_t i = 0; i < s->n_peers; i++)
+                    if (s->peers[i]->fd >= 0 && (uint32_t)s->peers[i]->fd == val) {
+                        s->peers[i]->fd = -1;
+                        s->peers[i]->lost = true;
+                    }
             uint64_t supp = 0;
             if (!failure)
                 fs_log_kv(FS_LOG_DEBUG, event_name(ev), "ENDPOINT", addr, "VALUE", vbuf, NULL);
@@ -597,11 +625,15 @@ static int server_recv_one(fs_link_server *s, fs_link_peer *peer, fs_wire_msg **
         goto out;
     }
     snprintf(peer->name, sizeof peer->name, "%s", uid);
+    const char *addr = zmq_msg_gets(&r.m[1], "Peer-Address");
+    snprintf(peer->address, sizeof peer->address, "%s", addr ? addr : "");
     peer_state *ps = find_peer(s, uid, true);
     if (!ps) {
         rc = fs_diag_set(d, FS_EAGAIN, "out of memory for peer '%s'", uid);
         goto out;
     }
+    ps->fd = zmq_msg_get(&r.m[1], ZMQ_SRCFD);   /* deprecated, but the only link to the monitor */
+    ps->lost = false;
     if (ps->quarantined) {
         s->st.quarantined++;
         rc = fs_diag_set(d, FS_EAGAIN, "'%s' is quarantined: message dropped", uid);
@@ -768,6 +800,11 @@ int fs_link_server_rebind(fs_link_server *s, fs_diag *d)
     char ep[256];
     snprintf(ep, sizeof ep, "%s", s->endpoint);
     close_router(s);
+    for (size_t i = 0; i < s->n_peers; i++)   /* every connection went with the old ROUTER */
+        if (s->peers[i]->fd >= 0) {
+            s->peers[i]->fd = -1;
+            s->peers[i]->lost = true;
+        }
     int rc = open_router(s, ep, d);
     if (rc == 0) {
         s->st.rebinds++;
@@ -793,6 +830,17 @@ int fs_link_server_reload(fs_link_server *s, fs_diag *d)
     if (removed && s->opt.rebind_on_removal)
         return fs_link_server_rebind(s, d);
     return 0;
+}
+
+bool fs_link_server_take_lost(fs_link_server *s, char *name, size_t cap)
+{
+    for (size_t i = 0; i < s->n_peers; i++)
+        if (s->peers[i]->lost) {
+            s->peers[i]->lost = false;
+            snprintf(name, cap, "%s", s->peers[i]->name);
+            return true;
+        }
+    return false;
 }
 
 fs_link_stats fs_link_server_stats(const fs_link_server *s)

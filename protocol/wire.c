@@ -35,6 +35,8 @@ static const char *const TYPE_NAMES[FS_MSG_TYPE_MAX + 1] = {
     [FS_MSG_COMPUTE_REPLY] = "COMPUTE_REPLY",
     [FS_MSG_ERROR] = "ERROR",
     [FS_MSG_BYE] = "BYE",
+    [FS_MSG_COMPUTE_HEAD] = "COMPUTE_HEAD",
+    [FS_MSG_COMPUTE_PART] = "COMPUTE_PART",
 };
 
 const char *fs_msg_type_name(int type)
@@ -350,6 +352,105 @@ static int check_text_field(const char *s, size_t cap, const char *field, fs_dia
     return 0;
 }
 
+/* ---- COMPUTE_HEAD / COMPUTE_PART (streamed replies, docs/protocol.md §4b) ---- */
+
+static int check_head(const fs_wire_msg *m, fs_diag *d)
+{
+    int rc = check_kvlist(&m->u.compute_head.scalars, "compute_head.scalars", true, d);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const fs_wire_tensor *t = &m->tensors[i];
+        size_t nb;
+        if (!tensor_name_ok(t->name, strlen(t->name)))
+            return fs_diag_set(d, FS_EINVAL, "compute_head: tensor %zu: bad name '%s'", i,
+                               t->name);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(m->tensors[j].name, t->name))
+                return fs_diag_set(d, FS_EINVAL, "compute_head: tensor '%s': duplicate name",
+                                   t->name);
+        if (tensor_numel_bytes(t, &nb) != 0)
+            return fs_diag_set(d, FS_EINVAL, "compute_head: tensor '%s': bad dtype or shape",
+                               t->name);
+    }
+    if ((m->n_tensors == 0) != (m->u.compute_head.parts == 0))
+        return fs_diag_set(d, FS_EINVAL, "compute_head: %u parts for %zu tensors",
+                           m->u.compute_head.parts, m->n_tensors);
+    return 0;
+}
+
+static int check_part(const fs_wire_msg *m, size_t chunk, size_t *n_raw, fs_diag *d)
+{
+    const typeof(m->u.compute_part) *p = &m->u.compute_part;
+    if (p->n_slices == 0 || !p->slices)
+        return fs_diag_set(d, FS_EINVAL, "compute_part: no slices");
+    for (size_t i = 0; i < p->n_slices; i++) {
+        const fs_wire_slice *s = &p->slices[i];
+        if (!tensor_name_ok(s->name, strnlen(s->name, sizeof s->name)))
+            return fs_diag_set(d, FS_EINVAL, "compute_part: slice %zu: bad name", i);
+        if (s->len == 0 || s->len > chunk || !s->data || s->offset > UINT64_MAX - s->len)
+            return fs_diag_set(d, FS_EINVAL, "compute_part: slice %zu ('%s'): len %zu not in "
+                               "1..%zu", i, s->name, s->len, chunk);
+    }
+    *n_raw = p->n_slices;
+    return 0;
+}
+
+static int pk_head(msgpack_packer *pk, const fs_wire_msg *m)
+{
+    PK(msgpack_pack_map(pk, 4));
+    PK(pk_key(pk, "count"));
+    PK(msgpack_pack_uint64(pk, m->u.compute_head.count));
+    PK(pk_key(pk, "scalars"));
+    PK(pk_kvlist(pk, &m->u.compute_head.scalars, true));
+    PK(pk_key(pk, "parts"));
+    PK(msgpack_pack_uint64(pk, m->u.compute_head.parts));
+    PK(pk_key(pk, "tensors"));
+    PK(msgpack_pack_array(pk, m->n_tensors));
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const fs_wire_tensor *t = &m->tensors[i];
+        PK(msgpack_pack_map(pk, 3));
+        PK(pk_key(pk, "name"));
+        PK(pk_str(pk, t->name));
+        PK(pk_key(pk, "dtype"));
+        PK(pk_str(pk, fs_wire_dtype_name(t->dtype)));
+        PK(pk_key(pk, "shape"));
+        PK(msgpack_pack_array(pk, t->ndim));
+        for (uint32_t k = 0; k < t->ndim; k++)
+            PK(msgpack_pack_uint64(pk, t->shape[k]));
+    }
+    return 0;
+nomem:
+    return -1;
+}
+
+static int pk_part(msgpack_packer *pk, const fs_wire_msg *m, fs_wire_buf *frames)
+{
+    const typeof(m->u.compute_part) *p = &m->u.compute_part;
+    PK(msgpack_pack_map(pk, 2));
+    PK(pk_key(pk, "part"));
+    PK(msgpack_pack_uint64(pk, p->part));
+    PK(pk_key(pk, "slices"));
+    PK(msgpack_pack_array(pk, p->n_slices));
+    for (size_t i = 0; i < p->n_slices; i++) {
+        const fs_wire_slice *s = &p->slices[i];
+        PK(msgpack_pack_map(pk, 4));
+        PK(pk_key(pk, "name"));
+        PK(pk_str(pk, s->name));
+        PK(pk_key(pk, "offset"));
+        PK(msgpack_pack_uint64(pk, s->offset));
+        PK(pk_key(pk, "len"));
+        PK(msgpack_pack_uint64(pk, s->len));
+        PK(pk_key(pk, "frame"));
+        PK(msgpack_pack_uint64(pk, i + 1));
+        frames[i + 1].data = s->data;
+        frames[i + 1].len = s->len;
+    }
+    return 0;
+nomem:
+    return -1;
+}
+
 static int check_body(const fs_wire_msg *m, size_t chunk, size_t *n_raw, fs_diag *d)
 {
     int rc;
@@ -421,10 +522,19 @@ static int check_body(const fs_wire_msg *m, size_t chunk, size_t *n_raw, fs_diag
         if ((rc = check_text_field(m->u.bye.reason, sizeof m->u.bye.reason, "bye.reason", d)))
             return rc;
         break;
+    case FS_MSG_COMPUTE_HEAD:
+        if ((rc = check_head(m, d)))
+            return rc;
+        break;
+    case FS_MSG_COMPUTE_PART:
+        if ((rc = check_part(m, chunk, n_raw, d)))
+            return rc;
+        break;
     default:
         return fs_diag_set(d, FS_EINVAL, "unknown message type %d", (int)m->type);
     }
-    if (m->n_tensors && m->type != FS_MSG_COMPUTE_REQ && m->type != FS_MSG_COMPUTE_REPLY)
+    if (m->n_tensors && m->type != FS_MSG_COMPUTE_REQ && m->type != FS_MSG_COMPUTE_REPLY &&
+        m->type != FS_MSG_COMPUTE_HEAD)
         return fs_diag_set(d, FS_EINVAL, "%s carries no tensors", fs_msg_type_name(m->type));
     return 0;
 }
@@ -548,6 +658,12 @@ static int pk_body(msgpack_packer *pk, const fs_wire_msg *m, size_t chunk, fs_wi
         PK(msgpack_pack_map(pk, 1));
         PK(pk_key(pk, "reason"));
         PK(pk_str(pk, m->u.bye.reason));
+        break;
+    case FS_MSG_COMPUTE_HEAD:
+        PK(pk_head(pk, m));
+        break;
+    case FS_MSG_COMPUTE_PART:
+        PK(pk_part(pk, m, frames));
         break;
     }
     return 0;
@@ -1041,6 +1157,120 @@ static int decode_tensors(fs_wire_msg *m, const msgpack_object *arr, const fs_wi
     return 0;
 }
 
+/* COMPUTE_HEAD body: {count, scalars, parts, tensors: [{name, dtype, shape}]}; no raw frames. */
+static int decode_head(fs_wire_msg *m, const msgpack_object *body, const fs_wire_limits *lim,
+                       fs_diag *d)
+{
+    typeof(m->u.compute_head) *h = &m->u.compute_head;
+    const msgpack_object *a = NULL, *b = NULL;
+    field f[] = {{"count", F_U64, true, &h->count},
+                 {"scalars", F_MAP, true, &a},
+                 {"parts", F_U32, true, &h->parts},
+                 {"tensors", F_ARRAY, true, &b}};
+    int rc = walk(body, f, 4, "body", d);
+    if (rc || (rc = decode_kvlist(m, a, &h->scalars, true, "body.scalars", d)))
+        return rc;
+    size_t nt = b->via.array.size;
+    if (nt && !(m->tensors = owned_alloc(m, nt * sizeof *m->tensors)))
+        return fs_diag_set(d, FS_ENOMEM, "body.tensors: out of memory");
+    for (size_t i = 0; i < nt; i++) {
+        const msgpack_object *name = NULL, *dtype = NULL, *shape = NULL;
+        char where[48];
+        snprintf(where, sizeof where, "body.tensors[%zu]", i);
+        field ft[] = {{"name", F_STR_OBJ, true, &name},
+                      {"dtype", F_STR_OBJ, true, &dtype},
+                      {"shape", F_ARRAY, true, &shape}};
+        if ((rc = walk(&b->via.array.ptr[i], ft, 3, where, d)))
+            return rc;
+        fs_wire_tensor *t = &m->tensors[i];
+        if (!tensor_name_ok(name->via.str.ptr, name->via.str.size))
+            return fs_diag_set(d, FS_EPROTO, "%s.name: not 1-128 chars of [A-Za-z0-9._/:-]",
+                               where);
+        memcpy(t->name, name->via.str.ptr, name->via.str.size);
+        t->name[name->via.str.size] = '\0';
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(m->tensors[j].name, t->name))
+                return fs_diag_set(d, FS_EPROTO, "%s ('%s'): name repeated", where, t->name);
+        size_t k;
+        for (k = 0; k < N_DTYPES; k++)
+            if (key_is(dtype, DTYPE_NAMES[k]))
+                break;
+        if (k == N_DTYPES)
+            return fs_diag_set(d, FS_EPROTO, "%s ('%s').dtype: unknown", where, t->name);
+        t->dtype = (fs_wire_dtype)k;
+        if (shape->via.array.size > FS_WIRE_MAX_DIMS)
+            return fs_diag_set(d, FS_EPROTO, "%s ('%s').shape: more than %d dims", where, t->name,
+                               FS_WIRE_MAX_DIMS);
+        t->ndim = shape->via.array.size;
+        for (uint32_t j = 0; j < t->ndim; j++) {
+            const msgpack_object *x = &shape->via.array.ptr[j];
+            if (x->type != MSGPACK_OBJECT_POSITIVE_INTEGER || x->via.u64 == 0)
+                return fs_diag_set(d, FS_EPROTO, "%s ('%s').shape[%u]: not an integer >= 1",
+                                   where, t->name, j);
+            t->shape[j] = x->via.u64;
+        }
+        if (tensor_numel_bytes(t, &t->nbytes) != 0 || t->nbytes > lim->max_tensor_bytes)
+            return fs_diag_set(d, FS_EPROTO, "%s ('%s'): size overflows or exceeds %zu bytes",
+                               where, t->name, lim->max_tensor_bytes);
+        t->data = NULL; /* announced only: the bytes follow in COMPUTE_PART messages */
+        m->n_tensors = i + 1;
+    }
+    if ((nt == 0) != (h->parts == 0))
+        return fs_diag_set(d, FS_EPROTO, "body.parts: %u parts for %zu tensors", h->parts, nt);
+    return 0;
+}
+
+/* COMPUTE_PART body: {part, slices: [{name, offset, len, frame}]}; one raw frame per slice, each
+ * referenced exactly once. The slices point into the frames (the link keeps them alive). */
+static int decode_part(fs_wire_msg *m, const msgpack_object *body, const fs_wire_buf *frames,
+                       size_t n_frames, fs_diag *d)
+{
+    typeof(m->u.compute_part) *p = &m->u.compute_part;
+    const msgpack_object *a = NULL;
+    field f[] = {{"part", F_U32, true, &p->part}, {"slices", F_ARRAY, true, &a}};
+    int rc = walk(body, f, 2, "body", d);
+    if (rc)
+        return rc;
+    size_t ns = a->via.array.size;
+    if (ns == 0 || ns != n_frames - 1)
+        return fs_diag_set(d, FS_EPROTO, "body.slices: %zu slices for %zu raw frames", ns,
+                           n_frames - 1);
+    fs_wire_slice *sl = owned_alloc(m, ns * sizeof *sl);
+    bool *used = owned_alloc(m, n_frames);
+    if (!sl || !used)
+        return fs_diag_set(d, FS_ENOMEM, "body.slices: out of memory");
+    for (size_t i = 0; i < ns; i++) {
+        const msgpack_object *name = NULL;
+        uint64_t len = 0, frame = 0;
+        char where[48];
+        snprintf(where, sizeof where, "body.slices[%zu]", i);
+        field fs[] = {{"name", F_STR_OBJ, true, &name},
+                      {"offset", F_U64, true, &sl[i].offset},
+                      {"len", F_U64, true, &len},
+                      {"frame", F_U64, true, &frame}};
+        if ((rc = walk(&a->via.array.ptr[i], fs, 4, where, d)))
+            return rc;
+        if (!tensor_name_ok(name->via.str.ptr, name->via.str.size))
+            return fs_diag_set(d, FS_EPROTO, "%s.name: not 1-128 chars of [A-Za-z0-9._/:-]",
+                               where);
+        memcpy(sl[i].name, name->via.str.ptr, name->via.str.size);
+        sl[i].name[name->via.str.size] = '\0';
+        if (frame < 1 || frame >= n_frames || used[frame])
+            return fs_diag_set(d, FS_EPROTO, "%s ('%s'): frame %llu missing or used twice", where,
+                               sl[i].name, (unsigned long long)frame);
+        used[frame] = true;
+        if (len == 0 || len != frames[frame].len || sl[i].offset > UINT64_MAX - len)
+            return fs_diag_set(d, FS_EPROTO, "%s ('%s'): len %llu but frame %llu has %zu bytes",
+                               where, sl[i].name, (unsigned long long)len,
+                               (unsigned long long)frame, frames[frame].len);
+        sl[i].data = frames[frame].data;
+        sl[i].len = (size_t)len;
+    }
+    p->slices = sl;
+    p->n_slices = ns;
+    return 0;
+}
+
 static int decode_body(fs_wire_msg *m, const msgpack_object *body, const fs_wire_buf *frames,
                        size_t n_frames, const fs_wire_limits *lim, fs_diag *d)
 {
@@ -1214,6 +1444,15 @@ static int decode_body(fs_wire_msg *m, const msgpack_object *body, const fs_wire
             return rc;
         break;
     }
+    case FS_MSG_COMPUTE_HEAD:
+        if ((rc = decode_head(m, body, lim, d)))
+            return rc;
+        break;
+    case FS_MSG_COMPUTE_PART:
+        if ((rc = decode_part(m, body, frames, n_frames, d)))
+            return rc;
+        want_raw = n_frames - 1;
+        break;
     default:
         return fs_diag_set(d, FS_EPROTO, "envelope.t: unknown message type %d", (int)m->type);
     }

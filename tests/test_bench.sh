@@ -85,4 +85,21 @@ PY
 else
     echo "test_bench: PyTorch not installed, torch_bench.py not checked"
 fi
+# 5. bench_round: two idle agent processes, one streamed and one whole-reply run; the entries
+#    run.sh expects, and the summed gradient checked inside (exit status)
+for mode in "" --whole; do
+    # shellcheck disable=SC2086
+    "$bin/bench_round" 0.27m 2 1 $mode >"$tmp/round.json" 2>"$tmp/round.err" \
+        || { cat "$tmp/round.err" >&2; fail "bench_round 0.27m 2 1 $mode failed"; }
+    python3 - "$tmp/round.json" "$mode" <<'PY' || fail "bench_round output"
+import json, sys
+rows = {r["name"]: r for r in map(json.loads, open(sys.argv[1]))}
+sfx = "_whole" if sys.argv[2] else ""
+t, m = rows["round_overhead_0.27m_2" + sfx], rows["coordinator_rss_0.27m_2" + sfx]
+assert t["unit"] == "s" and 0 < t["value"] < 60 and t["reference"] > 0 and t["params"] == 272474, t
+assert m["unit"] == "B" and m["value"] > 1e6 and m["reference"] > 0 and m["ratio"] > 0, m
+PY
+done
+if "$bin/bench_round" 1m 2 >/dev/null 2>"$tmp/err"; then fail "bench_round 1m accepted"; fi
+grep -q "usage" "$tmp/err" || fail "bench_round: no usage message"
 echo "test_bench: ok"

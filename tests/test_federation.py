@@ -15,6 +15,7 @@ Prints "N passed, M failed" and exits non-zero on failure.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,8 +48,9 @@ def read_st(path):
         if name == "__metadata__":
             continue
         b, e = t["data_offsets"]
-        if t["dtype"] == "F32":
-            out[name] = struct.unpack("<%df" % ((e - b) // 4), raw[8 + n + b:8 + n + e])
+        fmt = {"F32": ("f", 4), "I8": ("b", 1), "U8": ("B", 1)}.get(t["dtype"])
+        if fmt:
+            out[name] = struct.unpack("<%d%s" % ((e - b) // fmt[1], fmt[0]), raw[8 + n + b:8 + n + e])
     return out
 
 
@@ -128,8 +130,12 @@ class Lab:
     def wait_agents(self, n):
         for _ in range(600):
             p = self.ctl("--json", "agents", check=False)
-            if p.returncode == 0 and sum(a["connected"] for a in json.loads(p.stdout)["agents"]) >= n:
-                return
+            if p.returncode == 0:
+                agents = [a for a in json.loads(p.stdout)["agents"] if a["connected"]]
+                if len(agents) >= n:
+                    # the registry shows where each connection comes from (loopback here)
+                    assert all(a["address"] == "127.0.0.1" for a in agents), agents
+                    return
             time.sleep(0.1)
         raise AssertionError("agents did not connect: " + self.log("site-1"))
 
@@ -205,7 +211,9 @@ def test_federated_equals_central(parts, union, teacher):
         for k in (1, 2, 3):
             lab.start_agent(k)
         lab.wait_agents(3)
-        job = lab.submit(job_ini(teacher, extra="eval = idx:%s/t10k\n" % FMNIST))
+        # 4 KiB parts: every gradient reply streams (COMPUTE_HEAD + COMPUTE_PART), so the equality
+        # below also holds for sums added part by part as they arrive
+        job = lab.submit(job_ini(teacher, extra="eval = idx:%s/t10k\nstream_part = 4KiB\n" % FMNIST))
         s = lab.wait_job(job)
         assert s["state"] == "done", s
         central = os.path.join(lab.dir, "central.safetensors")
@@ -221,16 +229,49 @@ def test_federated_equals_central(parts, union, teacher):
         assert 0 < rep["student_accuracy"] <= 1 and 0 < rep["teacher_accuracy"] <= 1
         # what the agents sent: allowed types only; no payload grows with the local sample count
         allowed = {"HELLO", "HEARTBEAT", "JOB_ACCEPT", "JOB_DECLINE", "MODEL_REQ",
-                   "COMPUTE_REPLY", "ERROR", "BYE"}
+                   "COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART", "ERROR", "BYE"}
         sizes = {}
         for line in open(rec):
             agent, typ, kind, ntens, nbytes = line.split()
             assert typ in allowed, line
             sizes.setdefault(agent, []).append((typ, int(ntens), int(nbytes)))
-        replies = {a: [x for x in v if x[0] == "COMPUTE_REPLY"] for a, v in sizes.items()}
+        kinds = ("COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART")
+        replies = {a: [x for x in v if x[0] in kinds] for a, v in sizes.items()}
         assert len(replies["site-1"]) > 10
+        assert any(x[0] == "COMPUTE_PART" for x in replies["site-1"]), "no reply was streamed"
         # site-3 holds twice the samples of site-1: the same messages, byte for byte the same size
         assert replies["site-1"] == replies["site-3"], (replies["site-1"][:5], replies["site-3"][:5])
+    finally:
+        lab.stop()
+
+
+def test_int8_federated_equals_central(parts, union, teacher):
+    """int8 through the federation: the activation ranges come from histograms summed over the
+    sites, so the quantized model equals the one calibrated centrally on the union."""
+    lab = Lab("int8", parts)
+    try:
+        lab.start_coordinator()
+        for k in (1, 2, 3):
+            lab.start_agent(k)
+        lab.wait_agents(3)
+        job = lab.submit("[job]\nname = q\nteacher = %s\nagents = site-1, site-2, site-3\n"
+                         "methods = int8\nshots = 0\nbatch = 0\naugment = 0\n"
+                         "step_timeout = 60s\nadmit_timeout = 60s\neval = idx:%s/t10k\n"
+                         % (teacher, FMNIST))
+        s = lab.wait_job(job)
+        assert s["state"] == "done", (s, lab.log("coordinator"))
+        central = os.path.join(lab.dir, "central.safetensors")
+        run(BIN + "/fedslim", "compress", "--model", teacher, "--data", "idx:" + union,
+            "--shots", "0", "--methods", "int8", "--batch", "0", "--augment", "0",
+            "--threads", "1", "-o", central)
+        fed = lab.student(job)
+        q = [k for k, t in read_st(fed).items() if isinstance(t[0], int)]
+        assert q, "no int8 tensors in " + fed
+        d = max_diff(fed, central)
+        print("# int8 federated vs central: %d int8 tensors, max |difference| = %.3g" % (len(q), d))
+        assert d <= 1e-6, d
+        rep = lab.report(job)
+        assert abs(rep["student_accuracy"] - rep["teacher_accuracy"]) < 0.05, rep
     finally:
         lab.stop()
 
@@ -253,6 +294,12 @@ def test_agent_killed_midjob(parts, teacher):
         print("# site-2 left in %s round %d: %s" % (a2["left_phase"], a2["left_round"], a2["reason"]))
         assert a2["state"] == "left" and a2["left_phase"] == "recover" and a2["left_round"] > 0, a2
         assert [a["state"] for a in rep["agents"] if a["name"] != "site-2"] == ["finished"] * 2
+        # the registry saw the connection close (socket monitor), not just a silence
+        agents = {a["name"]: a for a in json.loads(lab.ctl("--json", "agents").stdout)["agents"]}
+        assert not agents["site-2"]["connected"] and agents["site-2"]["address"] is None, agents
+        assert agents["site-1"]["connected"], agents
+        log = open(os.path.join(lab.dir, "logs", "coordinator.log")).read()
+        assert re.search(r"agent disconnected.*AGENT=site-2", log), log[-3000:]
     finally:
         lab.stop()
 
@@ -291,6 +338,36 @@ def test_coordinator_killed_and_resumed(parts, teacher):
         d = max_diff(lab.student(job2), ref.student(job))
         print("# resumed vs uninterrupted: max |weight difference| = %.3g" % d)
         assert d <= 1e-6, d
+    finally:
+        lab.stop()
+
+
+def test_agent_stops_without_coordinator(parts):
+    """An agent whose coordinator is gone stops at once on SIGTERM: it knows the connection is
+    down and neither says goodbye nor heartbeats into the void (each such send would block for
+    the send timeout)."""
+    lab = Lab("orphan", parts)
+    try:
+        lab.start_coordinator()
+        lab.start_agent(1)
+        lab.wait_agents(1)
+        lab.procs["coordinator"].kill()
+        lab.procs["coordinator"].wait()
+        for _ in range(200):
+            if "connection to the coordinator lost" in lab.log("site-1"):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the agent did not notice: " + lab.log("site-1"))
+        time.sleep(1)            # let a heartbeat come due
+        agent = lab.procs["site-1"]
+        t0 = time.time()
+        agent.send_signal(signal.SIGTERM)
+        rc = agent.wait(timeout=30)
+        took = time.time() - t0
+        print("# agent without a coordinator stopped in %.2f s" % took)
+        assert rc == 0, (rc, lab.log("site-1"))
+        assert took < 3, took
     finally:
         lab.stop()
 
@@ -353,8 +430,11 @@ def main():
     try:
         parts, union, teacher = setup()
         tests = [("federated_equals_central", lambda: test_federated_equals_central(parts, union, teacher)),
+                 ("int8_federated_equals_central",
+                  lambda: test_int8_federated_equals_central(parts, union, teacher)),
                  ("agent_killed_midjob", lambda: test_agent_killed_midjob(parts, teacher)),
                  ("coordinator_killed_and_resumed", lambda: test_coordinator_killed_and_resumed(parts, teacher)),
+                 ("agent_stops_without_coordinator", lambda: test_agent_stops_without_coordinator(parts)),
                  ("notify_protocol", lambda: test_notify_protocol(parts)),
                  ("ctl_errors", lambda: test_ctl_errors(parts, teacher))]
         only = sys.argv[1:]

@@ -660,6 +660,16 @@ static void dbg_progress(void *ud, const char *phase, long it, long total, doubl
     print_message("%s %ld/%ld %g\n", phase, it, total, loss);
 }
 
+/* a deterministic stand-in for a latency measurement: a fixed overhead plus time per FLOP */
+static int flops_latency(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d)
+{
+    (void)ud;
+    (void)reps;
+    (void)d;
+    *sec = 1e-4 + 1e-10 * (double)batch * (double)fs_model_flops(m);
+    return 0;
+}
+
 static void pipeline_runs_both_methods(void **state)
 {
     fixture *f = *state;
@@ -698,10 +708,48 @@ static void pipeline_runs_both_methods(void **state)
         }
         fs_pipeline_output_free(out);
     }
-    /* structural methods are not combined */
+    /* combined: pruning then low-rank, the FLOPs target shared between them */
     assert_int_equal(fs_pipeline_parse_methods(&c.methods, "prune-channels,lowrank", &d), 0);
-    assert_int_equal(fs_pipeline_run(&c, f->basic, src, NULL, NULL, out, &d), FS_EUNSUPPORTED);
-    assert_non_null(strstr(d.msg, "cannot be combined"));
+    c.sparsity_iterations = 0;
+    if (fs_pipeline_run(&c, f->basic, src, NULL, NULL, out, &d))
+        fail_msg("%s", d.msg);
+    assert_int_equal(out->n_results, 2);
+    for (int i = 0; i < 2; i++) {
+        const fs_pipeline_result *r = &out->results[i];
+        int widths = 0, ranks = 0;
+        for (int k = 0; k < r->n_changes; k++) {
+            ranks += r->changes[k].rank;
+            widths += !r->changes[k].rank && r->changes[k].after < r->changes[k].before;
+        }
+        print_message("  prune+lowrank flops=%.1f: %.3f of the teacher's FLOPs, %d narrower, "
+                      "%d factorized\n", (double)r->target,
+                      (double)r->flops / (double)out->flops, widths, ranks);
+        assert_true((double)r->flops <= (double)r->target * (double)out->flops);
+        assert_true(widths > 0 && ranks > 0);      /* both stages did part of the work */
+        assert_true(isfinite(r->objective_after));
+        assert_non_null(fs_model_param_c(r->model, "fc.weight"));
+    }
+    fs_pipeline_output_free(out);
+    /* drop-blocks then pruning, for a latency target; latency modelled from FLOPs through the
+     * measurement hook, so that the sanitizers' and other processes' noise cannot move it */
+    assert_int_equal(fs_pipeline_parse_methods(&c.methods, "drop-blocks,prune-channels", &d), 0);
+    assert_int_equal(fs_pipeline_parse_target(&c, "latency=0.6", &d), 0);
+    c.practise.iterations = 2;
+    c.practise.latency = flops_latency;
+    if (fs_pipeline_run(&c, f->basic, src, NULL, NULL, out, &d))
+        fail_msg("%s", d.msg);
+    assert_int_equal(out->n_results, 1);
+    const fs_pipeline_result *r = &out->results[0];
+    print_message("  drop+prune latency=0.6: %d blocks dropped, %d channel groups changed, "
+                  "latency %.2f of the teacher's\n", r->n_dropped, r->n_changes,
+                  r->latency_b64 / out->latency_b64);
+    assert_true(r->n_dropped >= 1 && r->n_changes > 0);
+    assert_true(r->latency_b64 <= 0.6 * out->latency_b64);
+    fs_pipeline_output_free(out);
+    /* drop-blocks plans for latency only, combined or not */
+    assert_int_equal(fs_pipeline_parse_target(&c, "flops=0.5", &d), 0);
+    assert_int_equal(fs_pipeline_run(&c, f->basic, src, NULL, NULL, out, &d), FS_EINVAL);
+    assert_non_null(strstr(d.msg, "latency target"));
     free(out);
     fs_source_free(src);
 }

@@ -19,6 +19,7 @@
 #include "test_models.h"
 #include "fs_compress.h"
 #include "fs_local.h"
+#include "fs_optim.h"
 #include "fs_pipeline.h"
 #include "fs_safetensors.h"
 
@@ -492,6 +493,142 @@ static void nm_masks_keep_the_largest(void **state)
     fs_model_free(s);
 }
 
+static void nm_test_step(void *ud, fs_model *m, long it, float lr)
+{
+    (void)ud;
+    (void)m;
+    (void)it;
+    (void)lr;
+}
+
+/* An in-memory checkpoint, as the coordinator keeps one on disk: the trainable weights and the
+ * optimizer state after step `at`; `crash` makes the checkpoint stop the fine-tuning there. */
+typedef struct {
+    long at, done;
+    int crash;
+    float *w, *state;
+    size_t nw, nstate;
+    long steps;
+} snapshot;
+
+static int snap_checkpoint(void *ud, fs_model *m, fs_optimizer *opt, long done, long total,
+                           double loss, fs_diag *d)
+{
+    (void)total;
+    (void)loss;
+    snapshot *sn = ud;
+    if (done != sn->at)
+        return 0;
+    size_t nstate = 0, nw = 0;
+    const float *state = fs_optimizer_state(opt, &nstate);
+    for (int i = 0; i < m->n_params; i++)
+        if (m->params[i].trainable && m->params[i].grad)
+            nw += m->params[i].numel;
+    sn->w = malloc(nw * sizeof(float));
+    sn->state = malloc((nstate ? nstate : 1) * sizeof(float));
+    assert_non_null(sn->w);
+    assert_non_null(sn->state);
+    for (int i = 0, o = 0; i < m->n_params; i++)
+        if (m->params[i].trainable && m->params[i].grad) {
+            memcpy(sn->w + o, m->params[i].data, m->params[i].numel * sizeof(float));
+            o += (int)m->params[i].numel;
+        }
+    memcpy(sn->state, state, nstate * sizeof(float));
+    sn->nw = nw;
+    sn->nstate = nstate;
+    sn->steps = fs_optimizer_steps(opt);
+    sn->done = done;
+    return sn->crash ? fs_diag_set(d, FS_ECANCELED, "killed after step %ld", done) : 0;
+}
+
+static int snap_resume(void *ud, fs_model *m, fs_optimizer *opt, long total, long *start,
+                       fs_diag *d)
+{
+    (void)total;
+    (void)d;
+    snapshot *sn = ud;
+    *start = 0;
+    if (!sn->w)
+        return 0;
+    size_t nstate = 0;
+    float *state = fs_optimizer_state(opt, &nstate);
+    assert_int_equal(nstate, sn->nstate);
+    for (int i = 0, o = 0; i < m->n_params; i++)
+        if (m->params[i].trainable && m->params[i].grad) {
+            memcpy(m->params[i].data, sn->w + o, m->params[i].numel * sizeof(float));
+            o += (int)m->params[i].numel;
+        }
+    memcpy(state, sn->state, nstate * sizeof(float));
+    fs_optimizer_set_steps(opt, sn->steps);
+    *start = sn->done;
+    return 0;
+}
+
+/* A masked fine-tuning killed after step 5 and resumed from its checkpoint ends with the weights
+ * of an uninterrupted one, bit for bit: the checkpoint holds the dense weights, not W*mask (the
+ * pruned entries' dense values decide which weights come back into the mask). */
+static void masked_finetuning_resumes_exactly(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    fs_model *s0 = NULL, *a = NULL, *b = NULL;
+    assert_int_equal(fs_nm_apply(&s0, f->teacher, NULL, NULL, &d), 0);
+    assert_int_equal(fs_bn_reestimate(f->src, s0, 10, &d), 0);
+    fs_model_set_trainable(s0, 1);
+    fs_recover_config rc;
+    fs_recover_defaults(&rc);
+    rc.iterations = 12;
+    rc.batch = 16;
+    rc.lr = 0.01f;
+    rc.pad = 0;
+    rc.hflip = 0;
+    assert_int_equal(fs_model_clone(&a, s0, &d), 0);
+    assert_int_equal(fs_model_clone(&b, s0, &d), 0);
+    fs_model_set_trainable(a, 1);
+    fs_model_set_trainable(b, 1);
+    snapshot sn = {.at = 5, .crash = 1};
+    fs_recover_hooks hooks = {snap_resume, snap_checkpoint, &sn};
+    fs_recover_config rb = rc;
+    rb.hooks = &hooks;
+    assert_int_equal(fs_nm_finetune(f->src, b, NULL, &rb, NULL, NULL, NULL, &d), FS_ECANCELED);
+    /* the checkpoint holds the dense weights: non-zero where the mask of s0 has zeros */
+    size_t dense_only = 0;
+    for (int i = 0, o = 0; i < s0->n_params; i++) {
+        const fs_param *p0 = &s0->params[i];
+        if (!p0->trainable || !p0->grad)
+            continue;
+        for (size_t k = 0; k < p0->numel; k++)
+            dense_only += p0->data[k] == 0.0f && sn.w[(size_t)o + k] != 0.0f;
+        o += (int)p0->numel;
+    }
+    assert_true(dense_only > 0);
+    fs_model_free(b);       /* the process died: start again from the student as it was built */
+    assert_int_equal(fs_model_clone(&b, s0, &d), 0);
+    fs_model_set_trainable(b, 1);
+    sn.crash = 0;
+    sn.at = -1;
+    if (fs_nm_finetune(f->src, b, NULL, &rb, NULL, NULL, NULL, &d))
+        fail_msg("%s", d.msg);
+    if (fs_nm_finetune(f->src, a, NULL, &rc, NULL, NULL, NULL, &d))
+        fail_msg("%s", d.msg);
+    int changed = 0;
+    for (int i = 0; i < a->n_params; i++) {
+        assert_memory_equal(a->params[i].data, b->params[i].data,
+                            a->params[i].numel * sizeof(float));
+        const fs_param *p0 = &s0->params[i];
+        for (size_t k = 0; k < p0->numel; k++)     /* a pruned weight came back */
+            changed += p0->data[k] == 0.0f && a->params[i].data[k] != 0.0f &&
+                       strstr(p0->name, "conv") && strstr(p0->name, "weight");
+    }
+    printf("  resumed at step 5 of 12: identical; checkpoint held %zu dense values of pruned "
+           "weights; %d weights re-entered the masks\n", dense_only, changed);
+    free(sn.w);
+    free(sn.state);
+    fs_model_free(a);
+    fs_model_free(b);
+    fs_model_free(s0);
+}
+
 static void masked_finetuning_keeps_the_pattern(void **state)
 {
     fixture *f = *state;
@@ -532,7 +669,7 @@ static void masked_finetuning_keeps_the_pattern(void **state)
     assert_true(moved);
     /* its own step hooks cannot be combined */
     fs_recover_config bad = rc;
-    bad.hooks = &(fs_recover_hooks){0};
+    bad.before_step = nm_test_step;
     assert_int_equal(fs_nm_finetune(f->src, s, NULL, &bad, NULL, NULL, NULL, &d), FS_EINVAL);
     fs_model_free(start);
     fs_model_free(s);
@@ -655,6 +792,7 @@ int main(void)
         cmocka_unit_test(round_trips_are_exact_and_files_smaller),
         cmocka_unit_test(nm_masks_keep_the_largest),
         cmocka_unit_test(masked_finetuning_keeps_the_pattern),
+        cmocka_unit_test(masked_finetuning_resumes_exactly),
         cmocka_unit_test(bad_compressed_files_are_refused),
         cmocka_unit_test(pipeline_runs_int8_and_nm),
     };

@@ -844,6 +844,103 @@ static void large_model_transfer(void **state)
     free(blob);
 }
 
+/* A gradient reply streamed over a real link as COMPUTE_HEAD + COMPUTE_PART: the parts' slices
+ * point into the received frames (kept alive until fs_wire_msg_free), every byte arrives in order
+ * and exactly once; a stream with a part missing is refused by fs_wire_stream_rx and the link
+ * keeps serving. */
+static void streamed_reply(void **state)
+{
+    (void)state;
+    enum { NA = 100000, NB = 77 };
+    float *a = malloc(NA * sizeof(float)), *b = malloc(NB * sizeof(float));
+    uint8_t *ga = calloc(NA, sizeof(float)), *gb = calloc(NB, sizeof(float));
+    assert_true(a && b && ga && gb);
+    for (int i = 0; i < NA; i++)
+        a[i] = (float)i * 0.5f;
+    for (int i = 0; i < NB; i++)
+        b[i] = -(float)i;
+    fs_wire_tensor t[2];
+    memset(t, 0, sizeof t);
+    strcpy(t[0].name, "grad/w");
+    t[0].dtype = FS_WIRE_F32;
+    t[0].ndim = 1;
+    t[0].shape[0] = NA;
+    t[0].data = a;
+    t[0].nbytes = NA * sizeof(float);
+    strcpy(t[1].name, "grad/b");
+    t[1].dtype = FS_WIRE_F32;
+    t[1].ndim = 1;
+    t[1].shape[0] = NB;
+    t[1].data = b;
+    t[1].nbytes = NB * sizeof(float);
+    world w;
+    world_open(&w, NULL);
+    fs_link_client *c = client(&w, &g_a1, 3000);
+    for (uint32_t round = 5; round <= 6; round++) {
+        fs_link_server_expect_all(w.srv, "j1", round, 0);
+        fs_wire_msg reply, head, part;
+        memset(&reply, 0, sizeof reply);
+        reply.type = FS_MSG_COMPUTE_REPLY;
+        strcpy(reply.job, "j1");
+        reply.round = round;
+        reply.u.compute_reply.count = 12;
+        reply.tensors = t;
+        reply.n_tensors = 2;
+        fs_wire_stream_tx tx;
+        fs_diag d = {0};
+        assert_int_equal(fs_wire_stream_tx_init(&tx, &reply, 64 << 10, 16 << 10, &head, &d), 0);
+        send_ok(c, &head);
+        uint32_t k = 0;
+        while (fs_wire_stream_tx_next(&tx, &part)) {
+            if (round == 6 && k++ == 1)
+                continue; /* round 6 loses part 1 */
+            send_ok(c, &part);
+        }
+        fs_link_peer peer;
+        fs_wire_msg *m = NULL;
+        assert_int_equal(srv_recv(&w, &peer, &m, 5000), 0);
+        assert_int_equal(m->type, FS_MSG_COMPUTE_HEAD);
+        assert_string_equal(peer.name, "agent-1");
+        fs_wire_stream_rx rx;
+        assert_int_equal(fs_wire_stream_rx_begin(&rx, m, 1u << 30, &d), 0);
+        fs_wire_msg_free(m);
+        int refused = 0;
+        while (!fs_wire_stream_rx_done(&rx) && !refused) {
+            assert_int_equal(srv_recv(&w, &peer, &m, 5000), 0);
+            assert_int_equal(m->type, FS_MSG_COMPUTE_PART);
+            if (fs_wire_stream_rx_part(&rx, m, &d) != 0) {
+                assert_int_equal(round, 6);
+                assert_non_null(strstr(d.msg, "part 2 arrived where part 1"));
+                refused = 1;
+            } else {
+                for (size_t i = 0; i < m->u.compute_part.n_slices; i++) {
+                    const fs_wire_slice *sl = &m->u.compute_part.slices[i];
+                    uint8_t *dst = !strcmp(sl->name, "grad/w") ? ga : gb;
+                    memcpy(dst + sl->offset, sl->data, sl->len);
+                }
+            }
+            fs_wire_msg_free(m);
+        }
+        if (round == 5) {
+            assert_true(fs_wire_stream_rx_done(&rx));
+            assert_memory_equal(ga, a, NA * sizeof(float));
+            assert_memory_equal(gb, b, NB * sizeof(float));
+        } else {
+            assert_true(refused);
+            /* drain the rest of the broken stream: the link is still serving */
+            while (srv_recv(&w, &peer, &m, 300) == 0)
+                fs_wire_msg_free(m);
+        }
+        fs_wire_stream_rx_free(&rx);
+    }
+    fs_link_client_close(c);
+    world_close(&w);
+    free(a);
+    free(b);
+    free(ga);
+    free(gb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -857,6 +954,7 @@ int main(void)
         cmocka_unit_test(removed_key_dropped_before_rebind),
         cmocka_unit_test(tensors_cross_in_chunks),
         cmocka_unit_test(large_model_transfer),
+        cmocka_unit_test(streamed_reply),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

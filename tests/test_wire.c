@@ -45,6 +45,7 @@ static fs_kv SCALARS[] = {
     {.key = "correct", .kind = FS_KV_FLOAT, .f = 57},
 };
 static float W1[40];   /* 160 bytes: 3 chunks of 64 bytes in the vectors */
+static fs_wire_slice SLICES[2];
 static float B1[4];
 static uint8_t MODEL[100];
 
@@ -153,6 +154,29 @@ static void make_sample(fs_msg_type t, fs_wire_msg *m)
     case FS_MSG_BYE:
         strcpy(m->u.bye.reason, "shutting down");
         break;
+    case FS_MSG_COMPUTE_HEAD:
+        m->u.compute_head.count = 1792;
+        m->u.compute_head.scalars.items = SCALARS;
+        m->u.compute_head.scalars.n = 2;
+        m->u.compute_head.parts = 2;
+        m->tensors = TENSORS;
+        m->n_tensors = 2;
+        break;
+    case FS_MSG_COMPUTE_PART:
+        /* part 1 of the head above in 64-byte slices: the end of the weight, then the bias */
+        memset(SLICES, 0, sizeof SLICES);
+        strcpy(SLICES[0].name, "layer1.0.conv1.weight");
+        SLICES[0].offset = 128;
+        SLICES[0].data = (const uint8_t *)W1 + 128;
+        SLICES[0].len = 32;
+        strcpy(SLICES[1].name, "fc.bias");
+        SLICES[1].offset = 0;
+        SLICES[1].data = B1;
+        SLICES[1].len = sizeof B1;
+        m->u.compute_part.part = 1;
+        m->u.compute_part.slices = SLICES;
+        m->u.compute_part.n_slices = 2;
+        break;
     }
 }
 
@@ -250,6 +274,29 @@ static void check_equal(const fs_wire_msg *a, const fs_wire_msg *b)
             double x;
             assert_int_equal(fs_kv_get_f64(&b->u.compute_reply.scalars, "correct", &x), 0);
             assert_true(x == 57.0);
+        }
+        break;
+    case FS_MSG_COMPUTE_HEAD:
+        assert_int_equal(b->u.compute_head.count, 1792);
+        assert_int_equal(b->u.compute_head.parts, 2);
+        assert_int_equal(b->u.compute_head.scalars.n, 2);
+        assert_int_equal(a->n_tensors, b->n_tensors);
+        for (size_t i = 0; i < a->n_tensors; i++) {
+            assert_string_equal(a->tensors[i].name, b->tensors[i].name);
+            assert_int_equal(a->tensors[i].dtype, b->tensors[i].dtype);
+            assert_int_equal(a->tensors[i].nbytes, b->tensors[i].nbytes);
+            assert_null(b->tensors[i].data);
+        }
+        break;
+    case FS_MSG_COMPUTE_PART:
+        assert_int_equal(b->u.compute_part.part, 1);
+        assert_int_equal(a->u.compute_part.n_slices, b->u.compute_part.n_slices);
+        for (size_t i = 0; i < a->u.compute_part.n_slices; i++) {
+            const fs_wire_slice *x = &a->u.compute_part.slices[i], *y = &b->u.compute_part.slices[i];
+            assert_string_equal(x->name, y->name);
+            assert_int_equal(x->offset, y->offset);
+            assert_int_equal(x->len, y->len);
+            assert_memory_equal(x->data, y->data, x->len);
         }
         break;
     case FS_MSG_ERROR:
@@ -915,6 +962,167 @@ static void keys_files(void **state)
     rmdir(g_dir);
 }
 
+/* ---- streamed replies ------------------------------------------------------------------------ */
+
+/* Sends a three-tensor reply as head + parts through the encoder and decoder, reassembles it with
+ * fs_wire_stream_rx, and checks the receiver's rejections (gap, repeat, wrong offset, wrong tensor,
+ * split element, part after the end, last part short). */
+static void stream_roundtrip_and_rejections(void **state)
+{
+    (void)state;
+    enum { NA = 1000, NB = 3, NC = 70001 };
+    static float a[NA], c[NC];
+    static double b[NB];
+    for (int i = 0; i < NA; i++)
+        a[i] = (float)i * 0.25f;
+    for (int i = 0; i < NB; i++)
+        b[i] = -1.5 * i;
+    for (int i = 0; i < NC; i++)
+        c[i] = (float)(i % 977) - 400.0f;
+    fs_wire_tensor t[3];
+    memset(t, 0, sizeof t);
+    strcpy(t[0].name, "grad/a");
+    t[0].dtype = FS_WIRE_F32;
+    t[0].ndim = 2;
+    t[0].shape[0] = 10;
+    t[0].shape[1] = 100;
+    t[0].data = a;
+    t[0].nbytes = sizeof a;
+    strcpy(t[1].name, "grad/b");
+    t[1].dtype = FS_WIRE_F64;
+    t[1].ndim = 1;
+    t[1].shape[0] = NB;
+    t[1].data = b;
+    t[1].nbytes = sizeof b;
+    strcpy(t[2].name, "grad/c");
+    t[2].dtype = FS_WIRE_F32;
+    t[2].ndim = 1;
+    t[2].shape[0] = NC;
+    t[2].data = c;
+    t[2].nbytes = sizeof c;
+    fs_kv sc[] = {{.key = "loss_sum", .kind = FS_KV_FLOAT, .f = 2.5}};
+    fs_wire_msg reply;
+    memset(&reply, 0, sizeof reply);
+    reply.type = FS_MSG_COMPUTE_REPLY;
+    strcpy(reply.job, "j1");
+    reply.round = 7;
+    reply.u.compute_reply.count = 40;
+    reply.u.compute_reply.scalars.items = sc;
+    reply.u.compute_reply.scalars.n = 1;
+    reply.tensors = t;
+    reply.n_tensors = 3;
+
+    fs_wire_stream_tx tx;
+    fs_wire_msg head, part;
+    fs_diag d = {0};
+    assert_int_equal(fs_wire_stream_tx_init(&tx, &reply, 10000, 4096, &head, &d), 0);
+    /* head through the codec */
+    fs_wire_frames f;
+    assert_int_equal(fs_wire_encode(&head, 4096, &f, &d), 0);
+    assert_int_equal(f.n_frames, 1);
+    fs_wire_msg *h = NULL;
+    assert_int_equal(fs_wire_decode(f.frames, f.n_frames, NULL, &h, NULL, &d), 0);
+    fs_wire_frames_free(&f);
+    assert_int_equal(h->type, FS_MSG_COMPUTE_HEAD);
+    assert_int_equal(h->round, 7);
+    assert_int_equal(h->u.compute_head.parts, tx.parts);
+    assert_true(tx.parts >= (sizeof a + sizeof b + sizeof c) / 10000);
+    fs_wire_stream_rx rx;
+    assert_int_equal(fs_wire_stream_rx_begin(&rx, h, 1u << 30, &d), 0);
+    assert_int_equal(rx.total, sizeof a + sizeof b + sizeof c);
+    /* a ceiling below the announced bytes is refused */
+    fs_wire_stream_rx small;
+    assert_int_equal(fs_wire_stream_rx_begin(&small, h, 1000, &d), FS_EPROTO);
+    fs_wire_msg_free(h);
+
+    static uint8_t got[3][sizeof c];
+    memset(got, 0, sizeof got);
+    uint32_t n = 0;
+    while (fs_wire_stream_tx_next(&tx, &part)) {
+        assert_false(fs_wire_stream_rx_done(&rx));
+        assert_int_equal(fs_wire_encode(&part, 4096, &f, &d), 0);
+        fs_wire_msg *pm = NULL;
+        assert_int_equal(fs_wire_decode(f.frames, f.n_frames, NULL, &pm, NULL, &d), 0);
+        assert_int_equal(pm->u.compute_part.part, n);
+        if (n == 1) {
+            /* a repeat of part 0 or a jump to part 2 is refused and leaves rx as it was */
+            fs_wire_msg bad = *pm;
+            bad.u.compute_part.part = 0;
+            assert_int_equal(fs_wire_stream_rx_part(&rx, &bad, &d), FS_EPROTO);
+            assert_non_null(strstr(d.msg, "part 0 arrived where part 1"));
+            bad.u.compute_part.part = 2;
+            assert_int_equal(fs_wire_stream_rx_part(&rx, &bad, &d), FS_EPROTO);
+            /* a slice that does not continue where the last one stopped */
+            fs_wire_slice sl[FS_WIRE_STREAM_MAX_SLICES];
+            memcpy(sl, pm->u.compute_part.slices, pm->u.compute_part.n_slices * sizeof sl[0]);
+            bad = *pm;
+            bad.u.compute_part.slices = sl;
+            sl[0].offset += 4;
+            assert_int_equal(fs_wire_stream_rx_part(&rx, &bad, &d), FS_EPROTO);
+            sl[0].offset -= 4;
+            strcpy(sl[0].name, "grad/b");
+            assert_int_equal(fs_wire_stream_rx_part(&rx, &bad, &d), FS_EPROTO);
+            assert_non_null(strstr(d.msg, "expected the next bytes of 'grad/"));
+            memcpy(sl, pm->u.compute_part.slices, pm->u.compute_part.n_slices * sizeof sl[0]);
+            sl[0].len -= 2; /* half an element */
+            assert_int_equal(fs_wire_stream_rx_part(&rx, &bad, &d), FS_EPROTO);
+        }
+        assert_int_equal(fs_wire_stream_rx_part(&rx, pm, &d), 0);
+        for (size_t i = 0; i < pm->u.compute_part.n_slices; i++) {
+            const fs_wire_slice *sl = &pm->u.compute_part.slices[i];
+            assert_true(sl->len <= 4096);
+            int k = sl->name[5] - 'a';
+            assert_true(k >= 0 && k < 3 && sl->offset + sl->len <= t[k].nbytes);
+            memcpy(got[k] + sl->offset, sl->data, sl->len);
+        }
+        fs_wire_msg_free(pm);
+        fs_wire_frames_free(&f);
+        n++;
+    }
+    assert_int_equal(n, tx.parts);
+    assert_true(fs_wire_stream_rx_done(&rx));
+    assert_memory_equal(got[0], a, sizeof a);
+    assert_memory_equal(got[1], b, sizeof b);
+    assert_memory_equal(got[2], c, sizeof c);
+    /* nothing more is accepted */
+    fs_wire_slice extra = {.name = "grad/c", .offset = 0, .data = c, .len = 4};
+    fs_wire_msg more;
+    memset(&more, 0, sizeof more);
+    more.type = FS_MSG_COMPUTE_PART;
+    more.u.compute_part.part = n;
+    more.u.compute_part.slices = &extra;
+    more.u.compute_part.n_slices = 1;
+    assert_int_equal(fs_wire_stream_rx_part(&rx, &more, &d), FS_EPROTO);
+    fs_wire_stream_rx_free(&rx);
+
+    /* a last part that leaves bytes missing: head announces 1 part, the part covers only 'a' */
+    assert_int_equal(fs_wire_stream_tx_init(&tx, &reply, 10000, 4096, &head, &d), 0);
+    head.u.compute_head.parts = 1;
+    head.tensors = t;
+    head.n_tensors = 3;
+    assert_int_equal(fs_wire_stream_rx_begin(&rx, &head, 1u << 30, &d), 0);
+    fs_wire_slice one = {.name = "grad/a", .offset = 0, .data = a, .len = sizeof a};
+    more.u.compute_part.part = 0;
+    more.u.compute_part.slices = &one;
+    assert_int_equal(fs_wire_stream_rx_part(&rx, &more, &d), FS_EPROTO);
+    assert_non_null(strstr(d.msg, "last part 0 ends with"));
+    assert_false(fs_wire_stream_rx_done(&rx));
+    fs_wire_stream_rx_free(&rx);
+
+    /* the decoder: a part whose slice len disagrees with its frame, and a head with parts but no
+     * tensors, are rejected */
+    fs_wire_msg pm;
+    make_sample(FS_MSG_COMPUTE_PART, &pm);
+    assert_int_equal(fs_wire_encode(&pm, 64, &f, &d), 0);
+    f.frames[1].len -= 1;
+    fs_wire_msg *out = NULL;
+    assert_int_equal(fs_wire_decode(f.frames, f.n_frames, NULL, &out, NULL, &d), FS_EPROTO);
+    fs_wire_frames_free(&f);
+    make_sample(FS_MSG_COMPUTE_HEAD, &pm);
+    pm.n_tensors = 0;
+    assert_int_equal(fs_wire_encode(&pm, 64, &f, &d), FS_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -922,7 +1130,7 @@ int main(void)
         cmocka_unit_test(precheck_bombs),   cmocka_unit_test(tensors_strict),
         cmocka_unit_test(big_tensor_roundtrip), cmocka_unit_test(session_rules),
         cmocka_unit_test(model_transfer),   cmocka_unit_test(allowlist_parse),
-        cmocka_unit_test(keys_files),
+        cmocka_unit_test(keys_files),       cmocka_unit_test(stream_roundtrip_and_rejections),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

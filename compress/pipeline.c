@@ -162,6 +162,22 @@ static int measure(fs_model *m, const fs_practise_config *pc, double *b1, double
     return rc;
 }
 
+/* The teacher measured again after a student: the reference is its fastest measurement (its
+ * first one, at the start of the process, came out 5-20% slower on a shared machine) */
+static int remeasure_teacher(const fs_pipeline_config *c, fs_model *teacher,
+                             fs_pipeline_output *out, fs_diag *d)
+{
+    double b1, b64;
+    int rc = measure(teacher, &c->practise, &b1, &b64, d);
+    if (rc)
+        return rc;
+    if (b1 < out->latency_b1)
+        out->latency_b1 = b1;
+    if (b64 < out->latency_b64)
+        out->latency_b64 = b64;
+    return 0;
+}
+
 static int recover_student(const fs_pipeline_config *c, fs_model *student, fs_source *src,
                            fs_progress_fn progress, void *ud, fs_pipeline_result *r, fs_diag *d)
 {
@@ -287,6 +303,7 @@ static int run_prune_or_lowrank(const fs_pipeline_config *c, fs_model *teacher, 
         r->params = fs_model_num_params(r->model);
         r->flops = fs_model_flops(r->model);
         if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
+            (rc = remeasure_teacher(c, teacher, out, d)) != 0 ||
             (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
             goto done;
     }
@@ -366,6 +383,7 @@ int fs_pipeline_run(const fs_pipeline_config *c, fs_model *teacher, fs_source *s
         r->params = fs_model_num_params(r->model);
         r->flops = fs_model_flops(r->model);
         if ((rc = measure(r->model, &c->practise, &r->latency_b1, &r->latency_b64, d)) != 0 ||
+            (rc = remeasure_teacher(c, teacher, out, d)) != 0 ||
             (rc = fs_source_evaluate(src, r->model, &r->on_source, d)) != 0)
             return rc;
     }

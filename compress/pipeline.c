@@ -63,6 +63,11 @@ const char *fs_recover_kind_name(fs_recover_kind k)
     return (unsigned)k < 5 ? RECOVER_NAMES[k] : "?";
 }
 
+float fs_recover_default_lr(fs_recover_kind k)
+{
+    return k == FS_RECOVER_CE ? 1e-4f : 0.02f;
+}
+
 int fs_pipeline_parse_recover(fs_recover_kind *k, const char *s, fs_diag *d)
 {
     for (int i = 0; i < 5; i++)

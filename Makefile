@@ -8,8 +8,8 @@
 #          (tests/test_netns.sh); skips with a message when not root or without `ip netns`
 #   demo   build, then run the demo job (scripts/demo.sh)
 #   bench  build, then run the benchmarks; writes bench/results.json
-#   bench-fewshot  build, then few-shot block dropping on a Fashion-MNIST teacher (bench/fewshot.sh;
-#          slow), appended to bench/results.json
+#   bench-fewshot  build, then the few-shot quality table on the Fashion-MNIST teacher (drop-blocks,
+#          prune-channels, int8 at 100/500 shots; bench/fewshot.sh; slow), into bench/results.json
 #   package  build with prefix /usr, then cpack: build/fedslim_<version>_amd64.deb (packaging/)
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=

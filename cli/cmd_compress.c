@@ -21,7 +21,8 @@ static const char USAGE[] =
     "       [--per-class] [--seed S] [--methods M[,M...] (drop-blocks)]\n"
     "       [--recover mimic|kd|ce|bn|none]\n"
     "       [--target latency=0.75] [--family 0.9,0.8,0.7] [--eval SPEC] [--report R.json]\n"
-    "       [--iterations N (2000)] [--score-iterations N (300)] [--batch N (64)] [--lr X (0.02)]\n"
+    "       [--iterations N (2000)] [--score-iterations N (300)] [--batch N (64)]\n"
+    "       [--lr X (0.02; ce 1e-4)]\n"
     "       [--bn frozen|train] [--augment PAD (2)] [--threads N] [--drop layer1.1,...]\n"
     "       [--calibration minmax|percentile|mse (percentile)]   (int8)\n"
     "  --shots N        few-shot sample of N images in total (PRACTISE's rule), or N per class\n"
@@ -108,7 +109,7 @@ int cmd_compress(int argc, char **argv)
     const char *model_s = NULL, *data_s = NULL, *eval_s = NULL, *out_s = NULL, *report_s = NULL,
                *family_s = NULL;
     long shots = -1, seed = 1, threads = 0, pad = 2, batch = 64, iters = 2000, siters = 300;
-    double lr = 0.02;
+    double lr = -1;   /* not given: fs_recover_default_lr */
     int per_class = 0, c, rc;
     fs_diag d = {0};
     fs_pipeline_config pc;
@@ -169,7 +170,7 @@ int cmd_compress(int argc, char **argv)
         return fs_cli_fail(cmd, 2, "--%s", d.msg);
     pc.recovery.iterations = iters;
     pc.recovery.batch = (int)batch;
-    pc.recovery.lr = (float)lr;
+    pc.recovery.lr = lr < 0 ? fs_recover_default_lr(pc.recover) : (float)lr;
     pc.recovery.seed = (uint64_t)seed;
     pc.recovery.pad = (int)pad;
     pc.recovery.hflip = pad > 0;

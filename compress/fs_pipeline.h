@@ -57,6 +57,10 @@ int fs_pipeline_parse_family(fs_pipeline_config *c, const char *s, fs_diag *d);
 /* "layer1.1,layer2.2" -> c->drop */
 int fs_pipeline_parse_drop(fs_pipeline_config *c, const char *s, fs_diag *d);
 const char *fs_recover_kind_name(fs_recover_kind k);
+/* The recovery's default learning rate for a recovery kind (the CLI's and a job's when none is
+ * given): 1e-4 for ce (PRACTISE's BP scripts; 0.02 and 0.005 diverged with BN frozen, see
+ * docs/compression.md), 0.02 for the others. */
+float fs_recover_default_lr(fs_recover_kind k);
 const char *fs_target_kind_name(fs_target_kind k);
 
 typedef struct {

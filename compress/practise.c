@@ -21,7 +21,7 @@ void fs_practise_defaults(fs_practise_config *c)
     c->weight_decay = 1e-4f;
     c->seed = 1;
     c->latency_batch = 64;
-    c->latency_reps = 5;
+    c->latency_reps = 20;
 }
 
 static int measure_latency(const fs_practise_config *c, double *sec, fs_model *m, fs_diag *d)
@@ -164,12 +164,16 @@ int fs_practise_score(fs_source *src, fs_model *teacher, const fs_practise_confi
         fs_model *plain = NULL;
         if ((rc = fs_student_from_teacher(&plain, &sa, teacher, NULL, 0, d)) != 0)
             return rc;
-        double lat_s;
+        double lat_s, lat_t2;
         rc = measure_latency(c, &lat_s, plain, d);
         fs_model_free(plain);
+        if (rc == 0)
+            rc = measure_latency(c, &lat_t2, teacher, d);
         if (rc)
             return rc;
-        sc->latency_saved_pct = (lat_t - lat_s) / lat_t * 100.0;
+        if (lat_t2 < lat_t)
+            lat_t = lat_t2;
+        sc->latency_saved_pct = lat_s;   /* the student's latency until the loop ends */
 
         /* recoverability: adaptors trained by mimicking, everything else frozen */
         fs_adaptor_spec ad[FS_MAX_BLOCKS + 8];
@@ -215,11 +219,20 @@ int fs_practise_score(fs_source *src, fs_model *teacher, const fs_practise_confi
         }
         if (rc)
             return rc;
-        double saved = sc->latency_saved_pct > 1e-3 ? sc->latency_saved_pct : 1e-3;
-        sc->score = sc->recoverability / saved;
     }
     if (*n_scores == 0)
         return fs_diag_set(d, FS_EINVAL, "the teacher has no block with an identity shortcut");
+    /* the teacher was measured again after every candidate, and its fastest measurement is the
+     * reference: its first measurement, alone, came out 5-20% slower than later ones on a shared
+     * machine, which inflated every block's saving */
+    for (int i = 0; i < *n_scores; i++) {
+        fs_block_score *sc = &scores[i];
+        sc->latency_saved_pct = (lat_t - sc->latency_saved_pct) / lat_t * 100.0;
+        if (sc->diverged)
+            continue;
+        double saved = sc->latency_saved_pct > 1e-3 ? sc->latency_saved_pct : 1e-3;
+        sc->score = sc->recoverability / saved;
+    }
     return 0;
 }
 

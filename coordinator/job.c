@@ -71,7 +71,8 @@ static const fs_cfg_key JOB_KEYS[] = {
      "global minibatch per round (0 = every sample)"},
     {"job", "max_batch", FS_CFG_INT, "64", 0, J(max_batch), 1, 4096, 0, 0, NULL,
      "images per forward pass at an agent"},
-    {"job", "lr", FS_CFG_DOUBLE, "0.02", 0, J(lr), 0, 0, 0, 10, NULL, "learning rate"},
+    {"job", "lr", FS_CFG_DOUBLE, "0", 0, J(lr), 0, 0, 0, 10, NULL,
+     "learning rate (0 = the default: 0.02, 1e-4 for ce)"},
     {"job", "bn", FS_CFG_ENUM, "frozen", 0, J(bn), 0, 0, 0, 0, BN_CHOICES,
      "batch norm during recovery"},
     {"job", "augment", FS_CFG_INT, "2", 0, J(augment), 0, 64, 0, 0, NULL,
@@ -159,7 +160,7 @@ static int job_parse(coord *c, const char *ini, size_t len, const char *source, 
     }
     pc->recovery.iterations = j->cfg.iterations;
     pc->recovery.batch = (int)j->cfg.batch;
-    pc->recovery.lr = (float)j->cfg.lr;
+    pc->recovery.lr = j->cfg.lr > 0 ? (float)j->cfg.lr : fs_recover_default_lr(pc->recover);
     pc->recovery.seed = (uint64_t)j->cfg.seed;
     pc->recovery.pad = (int)j->cfg.augment;
     pc->recovery.hflip = j->cfg.augment > 0;

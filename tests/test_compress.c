@@ -348,6 +348,18 @@ static int flops_latency(void *ud, double *sec, fs_model *m, int batch, int reps
     return 0;
 }
 
+/* The same, but the first measurement (the teacher's, at the start) twice as slow: as a busy
+ * machine made it. The teacher's later measurements must be the reference. */
+static int flops_latency_slow_start(void *ud, double *sec, fs_model *m, int batch, int reps,
+                                    fs_diag *d)
+{
+    int *calls = ud;
+    flops_latency(NULL, sec, m, batch, reps, d);
+    if ((*calls)++ == 0)
+        *sec *= 2;
+    return 0;
+}
+
 static void practise_scores_and_choice(void **state)
 {
     fixture *f = *state;
@@ -378,6 +390,28 @@ static void practise_scores_and_choice(void **state)
     assert_int_equal(fs_practise_choose(sc, n, 0.01, chosen, &nc, &d), FS_EINVAL);
     assert_non_null(strstr(d.msg, "cannot be met"));
     assert_int_equal(fs_practise_choose(sc, n, 1.5, chosen, &nc, &d), FS_EINVAL);
+    /* the saving is the FLOPs saved (latency proportional to FLOPs), with or without a slow
+       first measurement of the teacher */
+    int calls = 0;
+    pc.latency = flops_latency_slow_start;
+    pc.latency_ud = &calls;
+    pc.iterations = 1;
+    fs_block_score sc2[16];
+    int n2 = 0;
+    assert_int_equal(fs_practise_score(src, f->teacher, &pc, sc2, &n2, NULL, NULL, &d), 0);
+    assert_int_equal(n2, n);
+    double ft = (double)fs_model_flops(f->teacher);
+    for (int i = 0; i < n; i++) {
+        const char *names[1] = {sc[i].name};
+        fs_arch sa;
+        fs_model *plain = NULL;
+        assert_int_equal(fs_arch_drop_blocks(&sa, &f->teacher->arch, names, 1, &d), 0);
+        assert_int_equal(fs_student_from_teacher(&plain, &sa, f->teacher, NULL, 0, &d), 0);
+        double want = (ft - (double)fs_model_flops(plain)) / ft * 100.0;
+        fs_model_free(plain);
+        assert_true(fabs(sc[i].latency_saved_pct - want) < 1e-9);
+        assert_true(fabs(sc2[i].latency_saved_pct - want) < 1e-9);
+    }
     fs_source_free(src);
 }
 

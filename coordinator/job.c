@@ -782,6 +782,15 @@ static int js_evaluate(void *self, fs_model *s, fs_eval_sum *out, fs_diag *d)
     return rc < 0 ? rc : 0;
 }
 
+/* FedAvg rounds are not journaled: like gradient rounds, a resumed recovery skips them through
+ * its snapshot (recovery-K.bin). */
+static int js_local_update(void *self, fs_model *s, const fs_update_req *q, fs_update_sum *out,
+                           fs_diag *d)
+{
+    jsrc *x = self;
+    return fs_source_local_update(x->inner, s, q, out, d);
+}
+
 static int64_t js_count(void *self)
 {
     jsrc *x = self;
@@ -794,7 +803,7 @@ static void js_free(void *self)
 }
 
 static const fs_source_ops JOURNAL_OPS = {js_set_student, js_loss,  js_moments, js_histogram,
-                                          js_evaluate,    js_count, js_free};
+                                          js_evaluate,    js_count, js_free,    js_local_update};
 
 static int journaled_latency(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d)
 {

@@ -114,8 +114,8 @@ int fs_source_histogram(fs_source *s, fs_model *student, const int *nodes, int n
                         const float *lo, const float *hi, int bins, int64_t *counts, fs_diag *d);
 /* Correct counts, agreement with the teacher, cross-entropy sum (eval mode, no augmentation). */
 int fs_source_evaluate(fs_source *s, fs_model *student, fs_eval_sum *out, fs_diag *d);
-/* One FedAvg round: every site runs req->steps local SGD steps from the student's weights on its own
- * data; WRITES Σ_k n_k · (w_k_after − w_before) into student .grad of every trainable parameter
+/* One FedAvg round: every site runs req->steps local SGD steps from the student's weights on its
+ * own data; WRITES Σ_k n_k · (w_k_after − w_before) into student .grad of every trainable parameter
  * (overwritten, not added; other gradients untouched) and out->n = Σ_k n_k, so the average delta is
  * .grad / n. The student's weights are unchanged on return. A site whose minibatch share is zero
  * samples takes no part (n_k = 0, no delta). FS_EINVAL if the source cannot do it. */

@@ -330,8 +330,8 @@ static int reply_loss(void *ud, const char *agent, const fs_wire_msg *r, fs_diag
         const typeof(r->u.compute_part) *pt = &r->u.compute_part;
         for (size_t i = 0; i < pt->n_slices; i++) {
             const fs_wire_slice *sl = &pt->slices[i];
-            fs_param *p = strncmp(sl->name, f->prefix, pl) ? NULL
-                                                           : fs_model_param(f->student, sl->name + pl);
+            fs_param *p =
+                strncmp(sl->name, f->prefix, pl) ? NULL : fs_model_param(f->student, sl->name + pl);
             if (!p || !p->grad || sl->offset % sizeof(float) || sl->len % sizeof(float) ||
                 sl->offset / sizeof(float) + sl->len / sizeof(float) > p->numel)
                 return fs_diag_set(d, FS_EPROTO, "agent %s: slice of '%s' outside its gradient",

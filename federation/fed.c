@@ -326,6 +326,7 @@ static int reply_loss(void *ud, const char *agent, const fs_wire_msg *r, fs_diag
 {
     fed_src *f = ud;
     size_t pl = strlen(f->prefix);
+    const char *what = !strcmp(f->prefix, "grad/") ? "gradient" : "delta";
     if (r->type == FS_MSG_COMPUTE_PART) {
         const typeof(r->u.compute_part) *pt = &r->u.compute_part;
         for (size_t i = 0; i < pt->n_slices; i++) {
@@ -358,14 +359,14 @@ static int reply_loss(void *ud, const char *agent, const fs_wire_msg *r, fs_diag
         if (strncmp(t->name, f->prefix, pl))
             continue;
         if (!grad_param(f, t))
-            return fs_diag_set(d, FS_EPROTO, "agent %s: unexpected %.*s tensor '%s'", agent,
-                               (int)pl - 1, f->prefix, t->name);
+            return fs_diag_set(d, FS_EPROTO, "agent %s: unexpected %s tensor '%s'", agent, what,
+                               t->name);
     }
     if (r->type == FS_MSG_COMPUTE_HEAD) {
         for (size_t i = 0; i < r->n_tensors; i++)
             if (strncmp(r->tensors[i].name, f->prefix, pl))
-                return fs_diag_set(d, FS_EPROTO, "agent %s: streamed tensor '%s' is not a "
-                                   "%.*s", agent, r->tensors[i].name, (int)pl - 1, f->prefix);
+                return fs_diag_set(d, FS_EPROTO, "agent %s: streamed tensor '%s' is not a %s",
+                                   agent, r->tensors[i].name, what);
     }
     f->loss_sum += ls;
     f->count += (int64_t)count;

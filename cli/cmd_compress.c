@@ -25,11 +25,14 @@ static const char USAGE[] =
     "       [--lr X (0.02; ce 1e-4)]\n"
     "       [--bn frozen|train] [--augment PAD (2)] [--threads N] [--drop layer1.1,...]\n"
     "       [--calibration minmax|percentile|mse (percentile)]   (int8)\n"
+    "       [--momentum X (0.9)] [--local-steps E (0)] [--server-lr X (1)]\n"
     "  --shots N        few-shot sample of N images in total (PRACTISE's rule), or N per class\n"
     "                   with --per-class; 0 = every image of --data\n"
     "  --methods        drop-blocks, prune-channels, lowrank (combined: applied in that order,\n"
     "                   sharing the target), then nm and/or int8 on the result\n"
-    "  --drop BLOCKS    drop exactly these blocks (no scoring; one model)\n";
+    "  --drop BLOCKS    drop exactly these blocks (no scoring; one model)\n"
+    "  --local-steps E  recovery by FedAvg rounds of E local SGD steps (0 = FedSGD), as a job's\n"
+    "                   local_steps: the one-site reference of a federated FedAvg job\n";
 
 typedef struct {
     int tty;
@@ -105,11 +108,15 @@ int cmd_compress(int argc, char **argv)
         {"output", required_argument, 0, 'o'},   {"help", no_argument, 0, 'h'},
         {"drop", required_argument, 0, 'D'},
         {"calibration", required_argument, 0, 'C'},
+        {"momentum", required_argument, 0, 'u'}, {"local-steps", required_argument, 0, 'L'},
+        {"server-lr", required_argument, 0, 'S'},
         {0, 0, 0, 0}};
     const char *model_s = NULL, *data_s = NULL, *eval_s = NULL, *out_s = NULL, *report_s = NULL,
                *family_s = NULL;
     long shots = -1, seed = 1, threads = 0, pad = 2, batch = 64, iters = 2000, siters = 300;
     double lr = -1;   /* not given: fs_recover_default_lr */
+    double momentum = 0.9, server_lr = 1.0;
+    long local_steps = 0;
     int per_class = 0, c, rc;
     fs_diag d = {0};
     fs_pipeline_config pc;
@@ -158,6 +165,9 @@ int cmd_compress(int argc, char **argv)
         case 'i': if ((rc = fs_cli_int(cmd, "--iterations", optarg, 0, 10000000, &iters))) return rc; break;
         case 'I': if ((rc = fs_cli_int(cmd, "--score-iterations", optarg, 0, 10000000, &siters))) return rc; break;
         case 'l': if ((rc = fs_cli_float(cmd, "--lr", optarg, 0, 10, &lr))) return rc; break;
+        case 'u': if ((rc = fs_cli_float(cmd, "--momentum", optarg, 0, 1, &momentum))) return rc; break;
+        case 'L': if ((rc = fs_cli_int(cmd, "--local-steps", optarg, 0, 1000000, &local_steps))) return rc; break;
+        case 'S': if ((rc = fs_cli_float(cmd, "--server-lr", optarg, 1e-6, 100, &server_lr))) return rc; break;
         case 'h': fputs(USAGE, stdout); return 0;
         default: fputs(USAGE, stderr); return 2;
         }
@@ -175,6 +185,9 @@ int cmd_compress(int argc, char **argv)
     pc.recovery.pad = (int)pad;
     pc.recovery.hflip = pad > 0;
     pc.recovery.mode = bn_train ? FS_MODE_TRAIN_NOSTATS : FS_MODE_EVAL;
+    pc.recovery.momentum = (float)momentum;
+    pc.recovery.local_steps = (int)local_steps;
+    pc.recovery.server_lr = (float)server_lr;
     pc.practise.iterations = siters;
     pc.practise.batch = (int)batch;
     pc.practise.seed = (uint64_t)seed;

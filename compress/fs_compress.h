@@ -79,6 +79,16 @@ typedef struct {
     void (*before_step)(void *ud, fs_model *student, long it, float lr);
     void *before_step_ud;
     const fs_recover_hooks *hooks;  /* optional: checkpoint / resume */
+    /* FedAvg (appended fields; 0 = FedSGD, the default). local_steps = E > 0: each of the
+     * `iterations` ROUNDS asks the source for a local update (fs_source_local_update): every site
+     * runs E local SGD steps (lr of the schedule at this round, momentum, weight_decay, its share
+     * of `batch` per step; a fresh local optimizer each round) and the student moves by
+     * server_lr x the sample-weighted average delta (server_lr 0 means 1). No optimizer state
+     * lives here; the checkpoint hooks still get an optimizer, whose state stays zero and whose
+     * step count is the rounds done, so a snapshot is in effect the weights. before_step is
+     * refused (it edits a gradient FedAvg never forms); after_step runs after each round. */
+    int local_steps;
+    float server_lr;
 } fs_recover_config;
 
 /* The defaults of ALGORITHMS.md a.7 (mimic, SGD lr 0.02, momentum 0.9, wd 1e-4, x0.1 at 40% and
@@ -86,7 +96,9 @@ typedef struct {
 void fs_recover_defaults(fs_recover_config *c);
 
 /* SGD on the student's trainable parameters; each step asks the source for the summed loss and
- * gradients and divides by the count. *final_loss: mean loss of the last step. */
+ * gradients and divides by the count (FedSGD). With c->local_steps > 0, FedAvg rounds instead
+ * (see fs_recover_config). *final_loss: mean loss of the last step (FedAvg: of the last round's
+ * first local steps, at the weights the round started from). */
 int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, const char *phase,
                fs_progress_fn progress, void *ud, double *final_loss, fs_diag *d);
 

@@ -29,6 +29,15 @@ int fs_local_moments(fs_local *L, fs_model *student, const int *nodes, int n_nod
 int fs_local_histogram(fs_local *L, fs_model *student, const int *nodes, int n_nodes,
                        const float *lo, const float *hi, int bins, int64_t *counts, fs_diag *d);
 int fs_local_evaluate(fs_local *L, fs_model *student, fs_eval_sum *out, fs_diag *d);
+/* One site's part of a FedAvg round (fs_source_local_update): req->steps local SGD steps from the
+ * student's weights on this site's data (each on the mean loss of the step's samples, minibatch
+ * share as for fs_local_loss with total_n), then WRITES n · (w_after − w_before) into the .grad of
+ * every trainable parameter, n = this site's sample count (out->n; 0, with zero deltas, when its
+ * share of a minibatch is no sample), and restores the weights. The local optimizer is created and
+ * dropped inside: nothing outlives the call. FS_EDIVERGED if a local loss or weight is not
+ * finite. */
+int fs_local_update(fs_local *L, fs_model *student, const fs_update_req *req, int64_t total_n,
+                    fs_update_sum *out, fs_diag *d);
 
 /* A local fs_source over fs_local (owns L). */
 int fs_source_local(fs_source **out, fs_local *L, fs_diag *d);

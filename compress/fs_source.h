@@ -53,6 +53,28 @@ typedef struct {
     double loss_sum;        /* Σ cross-entropy over labeled samples */
 } fs_eval_sum;
 
+/* A FedAvg round (ALGORITHMS.md g.2, "model deltas after E local steps"): every site starts from
+ * the student's current weights and runs `steps` steps of SGD (torch.optim.SGD semantics, on the
+ * site's own MEAN loss per step) on the trainable parameters, with a fresh optimizer each round:
+ * the local momentum starts at zero every round and nothing is kept between rounds. Local step t
+ * (0-based) of round r samples as a loss request with sample.step = r * steps + t. */
+typedef struct {
+    fs_objective objective;
+    float temperature;      /* KD */
+    fs_mode mode;           /* BN during the local steps */
+    fs_sample_spec sample;  /* batch: global minibatch (each site draws its share per local step,
+                               as for fs_loss_req); seed, pad, hflip; step = the round r */
+    int steps;              /* E >= 1 local steps */
+    float lr, momentum, weight_decay;   /* the local optimizer; lr is this round's */
+} fs_update_req;
+
+typedef struct {
+    int64_t n;              /* Σ n_k over the sites that took part: the deltas' weights */
+    double loss_sum;        /* Σ per-sample loss of every site's first local step (at the round's
+                               starting weights, the samples that step drew) */
+    int64_t loss_count;     /* samples of those first steps */
+} fs_update_sum;
+
 typedef struct fs_source fs_source;
 
 typedef struct {
@@ -66,6 +88,10 @@ typedef struct {
     int (*evaluate)(void *self, fs_model *student, fs_eval_sum *out, fs_diag *d);
     int64_t (*count)(void *self);   /* total samples, for planning */
     void (*free)(void *self);
+    /* Optional (NULL: the source cannot run FedAvg rounds). Last, so that tables written before it
+     * existed stay valid. */
+    int (*local_update)(void *self, fs_model *student, const fs_update_req *req,
+                        fs_update_sum *out, fs_diag *d);
 } fs_source_ops;
 
 struct fs_source {
@@ -88,6 +114,13 @@ int fs_source_histogram(fs_source *s, fs_model *student, const int *nodes, int n
                         const float *lo, const float *hi, int bins, int64_t *counts, fs_diag *d);
 /* Correct counts, agreement with the teacher, cross-entropy sum (eval mode, no augmentation). */
 int fs_source_evaluate(fs_source *s, fs_model *student, fs_eval_sum *out, fs_diag *d);
+/* One FedAvg round: every site runs req->steps local SGD steps from the student's weights on its
+ * own data; WRITES Σ_k n_k · (w_k_after − w_before) into student .grad of every trainable parameter
+ * (overwritten, not added; other gradients untouched) and out->n = Σ_k n_k, so the average delta is
+ * .grad / n. The student's weights are unchanged on return. A site whose minibatch share is zero
+ * samples takes no part (n_k = 0, no delta). FS_EINVAL if the source cannot do it. */
+int fs_source_local_update(fs_source *s, fs_model *student, const fs_update_req *req,
+                           fs_update_sum *out, fs_diag *d);
 int64_t fs_source_count(fs_source *s);
 void fs_source_free(fs_source *s);
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fs_local.h"
+#include "fs_optim.h"
 
 struct fs_local {
     const fs_model *teacher;
@@ -417,6 +418,94 @@ int fs_local_evaluate(fs_local *L, fs_model *student, fs_eval_sum *out, fs_diag 
     return rc;
 }
 
+int fs_local_update(fs_local *L, fs_model *student, const fs_update_req *req, int64_t total_n,
+                    fs_update_sum *out, fs_diag *d)
+{
+    memset(out, 0, sizeof *out);
+    if (req->steps < 1)
+        return fs_diag_set(d, FS_EINVAL, "local update: %d local steps (at least 1)", req->steps);
+    if (req->sample.step > INT64_MAX / req->steps)
+        return fs_diag_set(d, FS_EINVAL, "local update: round %lld too large",
+                           (long long)req->sample.step);
+    int rc = ensure_student(L, student, d);
+    if (rc)
+        return rc;
+    fs_optimizer *opt = NULL;
+    fs_optim_config oc = {.kind = FS_OPT_SGD, .lr = req->lr, .momentum = req->momentum,
+                          .weight_decay = req->weight_decay};
+    if ((rc = fs_optimizer_create(&opt, student, &oc, d)) != 0)
+        return rc;
+    /* the round's starting weights, at each parameter's offset in the gradient block */
+    float *w0 = fs_alloc((student->grad_floats ? student->grad_floats : 1) * sizeof(float));
+    if (!w0) {
+        fs_optimizer_free(opt);
+        return fs_diag_set(d, FS_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < student->n_params; i++) {
+        const fs_param *p = &student->params[i];
+        if (p->grad && p->trainable)
+            memcpy(w0 + (p->grad - student->grad_block), p->data, p->numel * sizeof(float));
+    }
+    int took_part = 1;
+    for (int t = 0; t < req->steps; t++) {
+        fs_loss_req q = {.objective = req->objective, .temperature = req->temperature,
+                         .mode = req->mode, .want_grad = 1, .sample = req->sample};
+        q.sample.step = req->sample.step * req->steps + t;
+        fs_loss_sum ls;
+        fs_model_zero_grad(student);
+        if ((rc = fs_local_loss(L, student, &q, total_n, &ls, d)) != 0)
+            goto restore;
+        if (t == 0) {
+            out->loss_sum = ls.loss_sum;
+            out->loss_count = ls.count;
+        }
+        if (ls.count <= 0) {
+            /* the share depends only on batch, n and total_n: no step of this round has samples */
+            took_part = 0;
+            break;
+        }
+        if (!isfinite(ls.loss_sum)) {
+            rc = fs_diag_set(d, FS_EDIVERGED, "the loss is not finite at local step %d (training "
+                             "diverged)", t);
+            goto restore;
+        }
+        /* the mean gradient, scaled exactly as fs_recover scales the summed one */
+        float s = 1.0f / (float)ls.count;
+        for (int i = 0; i < student->n_params; i++) {
+            fs_param *p = &student->params[i];
+            if (!p->grad || !p->trainable)
+                continue;
+            for (size_t k = 0; k < p->numel; k++)
+                p->grad[k] *= s;
+        }
+        fs_optimizer_step(opt, student, req->lr);
+    }
+    float n = took_part ? (float)L->ds->n : 0.0f;
+    for (int i = 0; i < student->n_params && rc == 0; i++) {
+        fs_param *p = &student->params[i];
+        if (!p->grad || !p->trainable)
+            continue;
+        const float *w = w0 + (p->grad - student->grad_block);
+        for (size_t k = 0; k < p->numel; k++) {
+            p->grad[k] = n * (p->data[k] - w[k]);
+            if (!isfinite(p->grad[k]))
+                rc = fs_diag_set(d, FS_EDIVERGED, "'%s' is not finite after the local steps "
+                                 "(training diverged)", p->name);
+        }
+    }
+    if (rc == 0)
+        out->n = took_part ? L->ds->n : 0;
+restore:
+    for (int i = 0; i < student->n_params; i++) {
+        fs_param *p = &student->params[i];
+        if (p->grad && p->trainable)
+            memcpy(p->data, w0 + (p->grad - student->grad_block), p->numel * sizeof(float));
+    }
+    fs_free(w0);
+    fs_optimizer_free(opt);
+    return rc;
+}
+
 /* ---- the local fs_source -------------------------------------------------------------------- */
 
 static int src_set_student(void *self, const fs_model *student, fs_diag *d)
@@ -448,6 +537,13 @@ static int src_evaluate(void *self, fs_model *student, fs_eval_sum *out, fs_diag
     return fs_local_evaluate(self, student, out, d);
 }
 
+static int src_local_update(void *self, fs_model *student, const fs_update_req *req,
+                            fs_update_sum *out, fs_diag *d)
+{
+    fs_local *L = self;
+    return fs_local_update(L, student, req, L->ds->n, out, d);
+}
+
 static int64_t src_count(void *self)
 {
     return fs_local_count(self);
@@ -459,7 +555,7 @@ static void src_free(void *self)
 }
 
 static const fs_source_ops LOCAL_OPS = {src_set_student, src_loss,  src_moments, src_histogram,
-                                        src_evaluate,    src_count, src_free};
+                                        src_evaluate,    src_count, src_free,    src_local_update};
 
 int fs_source_local(fs_source **out, fs_local *L, fs_diag *d)
 {

@@ -277,6 +277,7 @@ int fs_nm_finetune(fs_source *src, fs_model *m, const fs_nm_config *cfg,
         remask(&t, m, t.n - 1);
     }
     fs_recover_config r = *rc;
+    r.local_steps = 0;      /* FedSGD: the SR-STE term edits the averaged gradient each step */
     r.before_step = nm_before;
     r.before_step_ud = &t;
     r.after_step = nm_after;

@@ -749,6 +749,7 @@ int fs_prune_sparsify(fs_source *src, fs_model *m, const fs_sparsity_config *sc,
         return fs_diag_set(d, FS_EINVAL, "sparsity: lambda %g must be >= 0 and a %g > 0",
                            (double)sc->lambda, (double)sc->a);
     fs_recover_config c = *rc;
+    c.local_steps = 0;      /* FedSGD: the penalty acts on the averaged gradient / update */
     if (sc->kind == FS_SPARSITY_PROX_L1) {
         c.after_step = sparsity_prox;
         c.after_step_ud = (void *)sc;

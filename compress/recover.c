@@ -1,6 +1,7 @@
 /*
- * recover.c — the engine's generic pieces: recovery by SGD on summed gradients from an fs_source,
- * objective evaluation, and exact BN re-estimation from summed moments.
+ * recover.c — the engine's generic pieces: recovery by SGD on summed gradients from an fs_source
+ * (FedSGD) or by averaged local updates (FedAvg), objective evaluation, and exact BN
+ * re-estimation from summed moments.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -25,6 +26,8 @@ void fs_recover_defaults(fs_recover_config *c)
     c->seed = 1;
     c->pad = 2;
     c->hflip = 1;
+    c->local_steps = 0;     /* FedSGD */
+    c->server_lr = 1.0f;
 }
 
 /* Scales every trainable gradient by 1/count: the sums become means. */
@@ -40,11 +43,91 @@ static void grads_to_mean(fs_model *m, int64_t count)
     }
 }
 
+/* FedAvg: rounds of E local steps at the sites; the student moves by the weighted mean delta.
+ * The optimizer exists only for the checkpoint hooks (its state stays zero, its step count is the
+ * number of rounds done), so snapshots keep their format. */
+static int recover_fedavg(fs_source *src, fs_model *student, const fs_recover_config *c,
+                          const char *phase, fs_progress_fn progress, void *ud, double *final_loss,
+                          fs_diag *d)
+{
+    if (c->before_step)
+        return fs_diag_set(d, FS_EINVAL, "%s: FedAvg (local steps) cannot run a before-step hook "
+                           "(it edits a gradient FedAvg never forms); use FedSGD", phase);
+    fs_optimizer *opt = NULL;
+    fs_optim_config oc = {.kind = FS_OPT_SGD, .lr = c->lr};
+    int rc = fs_optimizer_create(&opt, student, &oc, d);
+    if (rc)
+        return rc;
+    size_t nstate = 0;
+    float *state = fs_optimizer_state(opt, &nstate);
+    memset(state, 0, nstate * sizeof(float));
+    float server_lr = c->server_lr > 0 ? c->server_lr : 1.0f;
+    if ((rc = fs_source_set_student(src, student, d)) != 0)
+        goto done;
+    long start = 0;
+    if (c->hooks && c->hooks->resume &&
+        (rc = c->hooks->resume(c->hooks->ud, student, opt, c->iterations, &start, d)) != 0)
+        goto done;
+    double t0 = fs_now_sec(), loss = 0;
+    for (long it = start; it < c->iterations; it++) {
+        float lr = fs_lr_step(c->lr, it, c->iterations, c->milestones, 2, 0.1f);
+        fs_update_req req = {.objective = c->objective, .temperature = c->temperature,
+                             .mode = c->mode,
+                             .sample = {.batch = c->batch, .seed = c->seed, .step = it,
+                                        .pad = c->pad, .hflip = c->hflip},
+                             .steps = c->local_steps, .lr = lr, .momentum = c->momentum,
+                             .weight_decay = c->weight_decay};
+        fs_update_sum us;
+        if ((rc = fs_source_local_update(src, student, &req, &us, d)) != 0)
+            goto done;
+        if (us.n <= 0 || us.loss_count <= 0) {
+            rc = fs_diag_set(d, FS_EINVAL, "%s: round %ld had no samples", phase, it);
+            goto done;
+        }
+        loss = us.loss_sum / (double)us.loss_count;
+        if (!isfinite(loss)) {
+            rc = fs_diag_set(d, FS_EDIVERGED, "%s: loss diverged (%g) at round %ld; lower the "
+                             "learning rate", phase, loss, it);
+            goto done;
+        }
+        /* w += server_lr * (Σ n_k Δw_k) / Σ n_k */
+        float s = server_lr / (float)us.n;
+        for (int i = 0; i < student->n_params; i++) {
+            fs_param *p = &student->params[i];
+            if (!p->grad || !p->trainable)
+                continue;
+            for (size_t k = 0; k < p->numel; k++)
+                p->data[k] += s * p->grad[k];
+        }
+        fs_optimizer_set_steps(opt, it + 1);
+        if (c->after_step)
+            c->after_step(c->after_step_ud, student, it, lr);
+        if (c->hooks && c->hooks->checkpoint &&
+            (rc = c->hooks->checkpoint(c->hooks->ud, student, opt, it + 1, c->iterations, loss,
+                                       d)) != 0)
+            goto done;
+        if (progress && (it % 10 == 9 || it == c->iterations - 1 || it == start)) {
+            double el = fs_now_sec() - t0;
+            progress(ud, phase, it + 1, c->iterations, loss,
+                     el / (double)(it + 1 - start) * (double)(c->iterations - it - 1));
+        }
+    }
+    if (final_loss)
+        *final_loss = loss;
+done:
+    fs_optimizer_free(opt);
+    return rc;
+}
+
 int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, const char *phase,
                fs_progress_fn progress, void *ud, double *final_loss, fs_diag *d)
 {
     if (c->iterations < 0)
         return fs_diag_set(d, FS_EINVAL, "iterations must be >= 0");
+    if (c->local_steps < 0)
+        return fs_diag_set(d, FS_EINVAL, "local steps must be >= 0 (0 = FedSGD)");
+    if (c->local_steps > 0)
+        return recover_fedavg(src, student, c, phase, progress, ud, final_loss, d);
     fs_optimizer *opt = NULL;
     fs_optim_config oc = {.kind = FS_OPT_SGD, .lr = c->lr, .momentum = c->momentum,
                           .weight_decay = c->weight_decay};

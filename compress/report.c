@@ -41,6 +41,14 @@ json_t *fs_report_json(const fs_pipeline_config *c, const fs_pipeline_output *o,
                                   (double)c->recovery.momentum, "weight_decay",
                                   (double)c->recovery.weight_decay, "bn",
                                   c->recovery.mode == FS_MODE_EVAL ? "frozen" : "train"));
+    /* FedSGD (coordinator-side optimizer) or FedAvg (E local steps at every site per round) */
+    json_t *rec = json_object_get(root, "recovery");
+    json_object_set_new(rec, "algorithm",
+                        json_string(c->recovery.local_steps > 0 ? "fedavg" : "fedsgd"));
+    json_object_set_new(rec, "local_steps", json_integer(c->recovery.local_steps));
+    if (c->recovery.local_steps > 0)
+        json_object_set_new(rec, "server_lr",
+                            json_real(c->recovery.server_lr > 0 ? c->recovery.server_lr : 1.0));
     json_object_set_new(root, "samples", json_integer((json_int_t)o->on_source.n));
     json_object_set_new(root, "teacher",
                         json_pack("{s:s?,s:I,s:I,s:f,s:f,s:o,s:f}", "path", teacher_path, "params",

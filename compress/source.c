@@ -33,6 +33,14 @@ int fs_source_evaluate(fs_source *s, fs_model *student, fs_eval_sum *out, fs_dia
     return s->ops->evaluate(s->self, student, out, d);
 }
 
+int fs_source_local_update(fs_source *s, fs_model *student, const fs_update_req *req,
+                           fs_update_sum *out, fs_diag *d)
+{
+    if (!s->ops->local_update)
+        return fs_diag_set(d, FS_EINVAL, "this data source cannot run local updates (FedAvg)");
+    return s->ops->local_update(s->self, student, req, out, d);
+}
+
 int64_t fs_source_count(fs_source *s)
 {
     return s->ops->count(s->self);

@@ -55,6 +55,8 @@ typedef struct {
     double lr;
     uint64_t step_timeout, admit_timeout;
     uint64_t stream_part;           /* bytes per COMPUTE_PART of gradient replies; 0 = whole */
+    int64_t local_steps;            /* recovery: 0 FedSGD, E > 0 FedAvg with E local steps */
+    double momentum, server_lr;     /* recovery: SGD momentum (FedAvg: local); FedAvg step size */
 } job_cfg;
 
 typedef struct job {

@@ -86,6 +86,13 @@ static const fs_cfg_key JOB_KEYS[] = {
     {"job", "stream_part", FS_CFG_SIZE, "256KiB", 0, J(stream_part), 0, 64 << 20, 0, 0, NULL,
      "gradient replies larger than this come in parts of this size, added as they arrive "
      "(0 = whole replies)"},
+    {"job", "local_steps", FS_CFG_INT, "0", 0, J(local_steps), 0, 1000000, 0, 0, NULL,
+     "recovery: 0 = FedSGD (one gradient round per step); E > 0 = FedAvg, each round E local "
+     "SGD steps at every agent"},
+    {"job", "momentum", FS_CFG_DOUBLE, "0.9", 0, J(momentum), 0, 0, 0, 1, NULL,
+     "recovery SGD momentum (FedAvg: of the agents' local steps, reset every round)"},
+    {"job", "server_lr", FS_CFG_DOUBLE, "1", 0, J(server_lr), 0, 0, 1e-6, 100, NULL,
+     "FedAvg: the student moves by server_lr x the averaged delta"},
 };
 #undef J
 
@@ -165,6 +172,9 @@ static int job_parse(coord *c, const char *ini, size_t len, const char *source, 
     pc->recovery.pad = (int)j->cfg.augment;
     pc->recovery.hflip = j->cfg.augment > 0;
     pc->recovery.mode = j->cfg.bn == 1 ? FS_MODE_TRAIN_NOSTATS : FS_MODE_EVAL;
+    pc->recovery.local_steps = (int)j->cfg.local_steps;
+    pc->recovery.momentum = (float)j->cfg.momentum;
+    pc->recovery.server_lr = (float)j->cfg.server_lr;
     pc->practise.iterations = j->cfg.score_iterations;
     pc->practise.batch = (int)j->cfg.batch;
     pc->practise.seed = (uint64_t)j->cfg.seed;
@@ -783,6 +793,15 @@ static int js_evaluate(void *self, fs_model *s, fs_eval_sum *out, fs_diag *d)
     return rc < 0 ? rc : 0;
 }
 
+/* FedAvg rounds are not journaled: like gradient rounds, a resumed recovery skips them through
+ * its snapshot (recovery-K.bin). */
+static int js_local_update(void *self, fs_model *s, const fs_update_req *q, fs_update_sum *out,
+                           fs_diag *d)
+{
+    jsrc *x = self;
+    return fs_source_local_update(x->inner, s, q, out, d);
+}
+
 static int64_t js_count(void *self)
 {
     jsrc *x = self;
@@ -795,7 +814,7 @@ static void js_free(void *self)
 }
 
 static const fs_source_ops JOURNAL_OPS = {js_set_student, js_loss,  js_moments, js_histogram,
-                                          js_evaluate,    js_count, js_free};
+                                          js_evaluate,    js_count, js_free,    js_local_update};
 
 static int journaled_latency(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d)
 {

@@ -99,7 +99,9 @@ typedef struct {
     /* accumulators of the current request */
     double loss_sum;
     int64_t count;
-    double *gacc;                       /* [grad_floats] gradient sums */
+    int64_t loss_count;                 /* "local": samples of the sites' first local steps */
+    const char *prefix;                 /* tensors summed into gacc: "grad/" or "delta/" */
+    double *gacc;                       /* [grad_floats] gradient (or weighted delta) sums */
     size_t gacc_n;
     fs_model *student;
     double *sum, *sumsq;
@@ -303,12 +305,14 @@ static void add_f32(double *restrict acc, const void *src, size_t n)
     }
 }
 
-/* The student parameter a gradient tensor announces, or NULL if it is not an expected one. */
+/* The student parameter a gradient (or delta) tensor announces, or NULL if it is not an expected
+ * one: named f->prefix + a trainable parameter's name, float32, exactly its size. */
 static fs_param *grad_param(fed_src *f, const fs_wire_tensor *t)
 {
-    if (strncmp(t->name, "grad/", 5))
+    size_t pl = strlen(f->prefix);
+    if (strncmp(t->name, f->prefix, pl))
         return NULL;
-    fs_param *p = fs_model_param(f->student, t->name + 5);
+    fs_param *p = fs_model_param(f->student, t->name + pl);
     if (!p || !p->grad || !p->trainable || t->dtype != FS_WIRE_F32 ||
         tensor_numel(t) != (int64_t)p->numel)
         return NULL;
@@ -321,11 +325,14 @@ static fs_param *grad_param(fed_src *f, const fs_wire_tensor *t)
 static int reply_loss(void *ud, const char *agent, const fs_wire_msg *r, fs_diag *d)
 {
     fed_src *f = ud;
+    size_t pl = strlen(f->prefix);
+    const char *what = !strcmp(f->prefix, "grad/") ? "gradient" : "delta";
     if (r->type == FS_MSG_COMPUTE_PART) {
         const typeof(r->u.compute_part) *pt = &r->u.compute_part;
         for (size_t i = 0; i < pt->n_slices; i++) {
             const fs_wire_slice *sl = &pt->slices[i];
-            fs_param *p = fs_model_param(f->student, sl->name + 5);
+            fs_param *p =
+                strncmp(sl->name, f->prefix, pl) ? NULL : fs_model_param(f->student, sl->name + pl);
             if (!p || !p->grad || sl->offset % sizeof(float) || sl->len % sizeof(float) ||
                 sl->offset / sizeof(float) + sl->len / sizeof(float) > p->numel)
                 return fs_diag_set(d, FS_EPROTO, "agent %s: slice of '%s' outside its gradient",
@@ -333,7 +340,7 @@ static int reply_loss(void *ud, const char *agent, const fs_wire_msg *r, fs_diag
         }
         for (size_t i = 0; i < pt->n_slices; i++) {
             const fs_wire_slice *sl = &pt->slices[i];
-            fs_param *p = fs_model_param(f->student, sl->name + 5);
+            fs_param *p = fs_model_param(f->student, sl->name + pl);
             double *acc = f->gacc + (p->grad - f->student->grad_block) +
                           sl->offset / sizeof(float);
             add_f32(acc, sl->data, sl->len / sizeof(float));
@@ -349,17 +356,17 @@ static int reply_loss(void *ud, const char *agent, const fs_wire_msg *r, fs_diag
         return fs_diag_set(d, FS_EPROTO, "agent %s: loss reply without loss_sum", agent);
     for (size_t i = 0; i < r->n_tensors; i++) {
         const fs_wire_tensor *t = &r->tensors[i];
-        if (strncmp(t->name, "grad/", 5))
+        if (strncmp(t->name, f->prefix, pl))
             continue;
         if (!grad_param(f, t))
-            return fs_diag_set(d, FS_EPROTO, "agent %s: unexpected gradient tensor '%s'", agent,
+            return fs_diag_set(d, FS_EPROTO, "agent %s: unexpected %s tensor '%s'", agent, what,
                                t->name);
     }
     if (r->type == FS_MSG_COMPUTE_HEAD) {
         for (size_t i = 0; i < r->n_tensors; i++)
-            if (strncmp(r->tensors[i].name, "grad/", 5))
-                return fs_diag_set(d, FS_EPROTO, "agent %s: streamed tensor '%s' is not a "
-                                   "gradient", agent, r->tensors[i].name);
+            if (strncmp(r->tensors[i].name, f->prefix, pl))
+                return fs_diag_set(d, FS_EPROTO, "agent %s: streamed tensor '%s' is not a %s",
+                                   agent, r->tensors[i].name, what);
     }
     f->loss_sum += ls;
     f->count += (int64_t)count;
@@ -382,6 +389,35 @@ static void reset_loss(fed_src *f)
         memset(f->gacc, 0, f->student->grad_floats * sizeof(double));
 }
 
+/* Appends the "trainable" tensor (I32 parameter indices) after the nt tensors of sync_student. */
+static int put_trainable(fed_src *f, const fs_model *student, size_t *nt, fs_diag *d)
+{
+    free(f->trainable);
+    f->trainable = malloc((size_t)(student->n_params ? student->n_params : 1) * sizeof(int32_t));
+    if (!f->trainable)
+        return fs_diag_set(d, FS_ENOMEM, "out of memory");
+    size_t ntr = 0;
+    for (int i = 0; i < student->n_params; i++)
+        if (student->params[i].grad && student->params[i].trainable)
+            f->trainable[ntr++] = i;
+    set_raw_tensor(&f->tensors[(*nt)++], "trainable", FS_WIRE_I32, f->trainable, ntr);
+    return 0;
+}
+
+/* gacc sized for the student's gradient block and zeroed */
+static int zero_gacc(fed_src *f, const fs_model *student, fs_diag *d)
+{
+    if (f->gacc_n < student->grad_floats) {
+        free(f->gacc);
+        f->gacc = malloc(student->grad_floats * sizeof(double));
+        f->gacc_n = f->gacc ? student->grad_floats : 0;
+        if (!f->gacc)
+            return fs_diag_set(d, FS_ENOMEM, "out of memory");
+    }
+    memset(f->gacc, 0, student->grad_floats * sizeof(double));
+    return 0;
+}
+
 static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss_sum *out,
                     fs_diag *d)
 {
@@ -391,15 +427,8 @@ static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss
     if (rc)
         return rc;
     /* the trainable set, as parameter indices */
-    free(f->trainable);
-    f->trainable = malloc((size_t)(student->n_params ? student->n_params : 1) * sizeof(int32_t));
-    if (!f->trainable)
-        return fs_diag_set(d, FS_ENOMEM, "out of memory");
-    size_t ntr = 0;
-    for (int i = 0; i < student->n_params; i++)
-        if (student->params[i].grad && student->params[i].trainable)
-            f->trainable[ntr++] = i;
-    set_raw_tensor(&f->tensors[nt++], "trainable", FS_WIRE_I32, f->trainable, ntr);
+    if ((rc = put_trainable(f, student, &nt, d)) != 0)
+        return rc;
     fs_kv kv[MAX_ARGS];
     size_t nk = 0;
     put_int(kv, &nk, "objective", q->objective);
@@ -425,16 +454,9 @@ static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss
     f->loss_sum = 0;
     f->count = 0;
     f->student = student;
-    if (q->want_grad) {
-        if (f->gacc_n < student->grad_floats) {
-            free(f->gacc);
-            f->gacc = malloc(student->grad_floats * sizeof(double));
-            f->gacc_n = f->gacc ? student->grad_floats : 0;
-            if (!f->gacc)
-                return fs_diag_set(d, FS_ENOMEM, "out of memory");
-        }
-        memset(f->gacc, 0, student->grad_floats * sizeof(double));
-    }
+    f->prefix = "grad/";
+    if (q->want_grad && (rc = zero_gacc(f, student, d)) != 0)
+        return rc;
     if ((rc = exchange_retry(f, &req, reply_loss, reset_loss, d)) != 0)
         return rc;
     if (q->want_grad)
@@ -442,6 +464,89 @@ static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss
             student->grad_block[k] += (float)f->gacc[k];
     out->loss_sum = f->loss_sum;
     out->count = f->count;
+    return 0;
+}
+
+/* A "local" reply: what a loss reply carries (count = the site's n_k, loss_sum, tensors named
+ * "delta/PARAM" instead of "grad/PARAM") plus the scalar loss_count. Parts go through reply_loss,
+ * which adds them exactly as gradient parts. */
+static int reply_local(void *ud, const char *agent, const fs_wire_msg *r, fs_diag *d)
+{
+    fed_src *f = ud;
+    if (r->type == FS_MSG_COMPUTE_PART)
+        return reply_loss(ud, agent, r, d);
+    const fs_kvlist *sc = r->type == FS_MSG_COMPUTE_HEAD ? &r->u.compute_head.scalars
+                                                         : &r->u.compute_reply.scalars;
+    double lc;
+    if (fs_kv_get_f64(sc, "loss_count", &lc) != 0 || !(lc >= 0 && lc < 9e15))
+        return fs_diag_set(d, FS_EPROTO, "agent %s: local-update reply without loss_count",
+                           agent);
+    int rc = reply_loss(ud, agent, r, d);
+    if (rc == 0)
+        f->loss_count += (int64_t)lc;
+    return rc;
+}
+
+static void reset_local(fed_src *f)
+{
+    reset_loss(f);
+    f->loss_count = 0;
+}
+
+static int src_local_update(void *self, fs_model *student, const fs_update_req *q,
+                            fs_update_sum *out, fs_diag *d)
+{
+    fed_src *f = self;
+    memset(out, 0, sizeof *out);
+    size_t nt = 0;
+    int rc = sync_student(f, student, &nt, d);
+    if (rc || (rc = put_trainable(f, student, &nt, d)) != 0)
+        return rc;
+    fs_kv kv[MAX_ARGS];
+    size_t nk = 0;
+    put_int(kv, &nk, "objective", q->objective);
+    put_float(kv, &nk, "temperature", q->temperature);
+    put_int(kv, &nk, "mode", q->mode);
+    put_int(kv, &nk, "batch", q->sample.batch);
+    put_int(kv, &nk, "seed", (int64_t)(q->sample.seed & 0x7fffffffffffffffull));
+    put_int(kv, &nk, "step", q->sample.step);
+    put_int(kv, &nk, "pad", q->sample.pad);
+    put_int(kv, &nk, "hflip", q->sample.hflip);
+    put_int(kv, &nk, "total_n", f->t.total_samples(f->t.ud));
+    put_int(kv, &nk, "steps", q->steps);
+    put_float(kv, &nk, "lr", q->lr);
+    put_float(kv, &nk, "momentum", q->momentum);
+    put_float(kv, &nk, "weight_decay", q->weight_decay);
+    if (f->t.stream_bytes)
+        put_int(kv, &nk, "stream", (int64_t)f->t.stream_bytes);
+    fs_wire_msg req;
+    memset(&req, 0, sizeof req);
+    req.type = FS_MSG_COMPUTE_REQ;
+    snprintf(req.u.compute_req.kind, sizeof req.u.compute_req.kind, "local");
+    req.u.compute_req.args.items = kv;
+    req.u.compute_req.args.n = nk;
+    req.tensors = f->tensors;
+    req.n_tensors = nt;
+    f->loss_sum = 0;
+    f->count = 0;
+    f->loss_count = 0;
+    f->student = student;
+    f->prefix = "delta/";
+    if ((rc = zero_gacc(f, student, d)) != 0)
+        return rc;
+    if ((rc = exchange_retry(f, &req, reply_local, reset_local, d)) != 0)
+        return rc;
+    for (int i = 0; i < student->n_params; i++) {
+        fs_param *p = &student->params[i];
+        if (!p->grad || !p->trainable)
+            continue;
+        const double *acc = f->gacc + (p->grad - student->grad_block);
+        for (size_t k = 0; k < p->numel; k++)
+            p->grad[k] = (float)acc[k];
+    }
+    out->n = f->count;
+    out->loss_sum = f->loss_sum;
+    out->loss_count = f->loss_count;
     return 0;
 }
 
@@ -636,7 +741,7 @@ static void src_free(void *self)
 }
 
 static const fs_source_ops FED_OPS = {src_set_student, src_loss,  src_moments, src_histogram,
-                                      src_evaluate,    src_count, src_free};
+                                      src_evaluate,    src_count, src_free,    src_local_update};
 
 int fs_fed_source(fs_source **out, const fs_fed_transport *t, fs_diag *d)
 {
@@ -823,6 +928,52 @@ static int get_nodes(const fs_fed_agent *a, const fs_kvlist *args, int *nodes, i
     return 0;
 }
 
+/* Marks trainable exactly the parameters the request's "trainable" tensor lists. */
+static int apply_trainable(fs_model *m, const fs_wire_msg *req, fs_diag *d)
+{
+    const fs_wire_tensor *tr = find_tensor(req, "trainable");
+    if (!tr || tr->dtype != FS_WIRE_I32)
+        return fs_diag_set(d, FS_EPROTO, "%s request without the trainable set",
+                           req->u.compute_req.kind);
+    fs_model_set_trainable(m, 0);
+    const int32_t *ti = tr->data;
+    for (int64_t k = 0; k < tensor_numel(tr); k++) {
+        if (ti[k] < 0 || ti[k] >= m->n_params || !m->params[ti[k]].grad)
+            return fs_diag_set(d, FS_EPROTO, "trainable index %d out of range", ti[k]);
+        m->params[ti[k]].trainable = 1;
+    }
+    return 0;
+}
+
+static int get_float(const fs_kvlist *args, const char *key, double lo, double hi, double *v,
+                     fs_diag *d)
+{
+    if (fs_kv_get_f64(args, key, v) != 0 || !(*v >= lo && *v <= hi))
+        return fs_diag_set(d, FS_EPROTO, "argument '%s' missing or out of range", key);
+    return 0;
+}
+
+/* The reply's tensors: PREFIX/NAME = the .grad of every trainable parameter (borrowed). */
+static int grad_tensors(fs_fed_agent *a, fs_model *m, const char *prefix, fs_wire_msg *reply,
+                        fs_diag *d)
+{
+    size_t n = 0;
+    int rc = ensure_out(a, (size_t)m->n_params, d);
+    if (rc)
+        return rc;
+    for (int i = 0; i < m->n_params; i++) {
+        fs_param *p = &m->params[i];
+        if (!p->grad || !p->trainable)
+            continue;
+        snprintf(a->names[n], sizeof a->names[n], "%s%s", prefix, p->name);
+        set_f32_tensor(&a->out[n], a->names[n], p, p->grad);
+        n++;
+    }
+    reply->tensors = a->out;
+    reply->n_tensors = n;
+    return 0;
+}
+
 static void reply_init(fs_wire_msg *r, uint64_t count)
 {
     memset(r, 0, sizeof *r);
@@ -868,16 +1019,8 @@ int fs_fed_serve(fs_fed_agent *a, const fs_wire_msg *req, fs_wire_msg *reply, fs
             return rc;
         if (fs_kv_get_f64(args, "temperature", &T) != 0 || !(T > 0 && T < 1000))
             T = 4;
-        const fs_wire_tensor *tr = find_tensor(req, "trainable");
-        if (!tr || tr->dtype != FS_WIRE_I32)
-            return fs_diag_set(d, FS_EPROTO, "loss request without the trainable set");
-        fs_model_set_trainable(m, 0);
-        const int32_t *ti = tr->data;
-        for (int64_t k = 0; k < tensor_numel(tr); k++) {
-            if (ti[k] < 0 || ti[k] >= m->n_params || !m->params[ti[k]].grad)
-                return fs_diag_set(d, FS_EPROTO, "trainable index %d out of range", ti[k]);
-            m->params[ti[k]].trainable = 1;
-        }
+        if ((rc = apply_trainable(m, req, d)) != 0)
+            return rc;
         fs_loss_req q = {.objective = (fs_objective)obj, .temperature = (float)T,
                          .mode = (fs_mode)mode, .want_grad = (int)want,
                          .sample = {.batch = (int)batch, .seed = (uint64_t)seed, .step = step,
@@ -891,22 +1034,45 @@ int fs_fed_serve(fs_fed_agent *a, const fs_wire_msg *req, fs_wire_msg *reply, fs
                                "(training diverged)");
         reply_init(reply, (uint64_t)ls.count);
         scalar(a, reply, "loss_sum", ls.loss_sum);
-        if (want) {
-            size_t n = 0;
-            if ((rc = ensure_out(a, (size_t)m->n_params, d)) != 0)
-                return rc;
-            for (int i = 0; i < m->n_params; i++) {
-                fs_param *p = &m->params[i];
-                if (!p->grad || !p->trainable)
-                    continue;
-                snprintf(a->names[n], sizeof a->names[n], "grad/%s", p->name);
-                set_f32_tensor(&a->out[n], a->names[n], p, p->grad);
-                n++;
-            }
-            reply->tensors = a->out;
-            reply->n_tensors = n;
-        }
+        if (want)
+            return grad_tensors(a, m, "grad/", reply, d);
         return 0;
+    }
+    if (!strcmp(kind, "local")) {
+        /* FedAvg: E local SGD steps from the announced weights; the reply is this site's
+           n_k * (w_after - w_before) per trainable parameter, its n_k, and the loss sum of its
+           first step: sums and a count, the size of the trainable set whatever n_k is */
+        int64_t obj, mode, batch, seed, step, pad, hflip, total, steps;
+        double T = 4, lr, mom, wd;
+        if ((rc = get_int(args, "objective", 1, 3, &obj, d)) ||
+            (rc = get_int(args, "mode", 0, 2, &mode, d)) ||
+            (rc = get_int(args, "batch", 0, 1 << 20, &batch, d)) ||
+            (rc = get_int(args, "seed", 0, INT64_MAX, &seed, d)) ||
+            (rc = get_int(args, "step", 0, INT64_MAX, &step, d)) ||
+            (rc = get_int(args, "pad", 0, 64, &pad, d)) ||
+            (rc = get_int(args, "hflip", 0, 1, &hflip, d)) ||
+            (rc = get_int(args, "total_n", 1, INT64_MAX, &total, d)) ||
+            (rc = get_int(args, "steps", 1, 1 << 20, &steps, d)) ||
+            (rc = get_float(args, "lr", 0, 1e3, &lr, d)) ||
+            (rc = get_float(args, "momentum", 0, 1, &mom, d)) ||
+            (rc = get_float(args, "weight_decay", 0, 1e3, &wd, d)) ||
+            (rc = apply_trainable(m, req, d)))
+            return rc;
+        if (fs_kv_get_f64(args, "temperature", &T) != 0 || !(T > 0 && T < 1000))
+            T = 4;
+        fs_update_req q = {.objective = (fs_objective)obj, .temperature = (float)T,
+                           .mode = (fs_mode)mode,
+                           .sample = {.batch = (int)batch, .seed = (uint64_t)seed, .step = step,
+                                      .pad = (int)pad, .hflip = (int)hflip},
+                           .steps = (int)steps, .lr = (float)lr, .momentum = (float)mom,
+                           .weight_decay = (float)wd};
+        fs_update_sum us;
+        if ((rc = fs_local_update(a->L, m, &q, total, &us, d)) != 0)
+            return rc;
+        reply_init(reply, (uint64_t)us.n);
+        scalar(a, reply, "loss_sum", us.loss_sum);
+        scalar(a, reply, "loss_count", (double)us.loss_count);
+        return grad_tensors(a, m, "delta/", reply, d);
     }
     int nodes[1024], nn = 0;
     if (!strcmp(kind, "moments")) {

@@ -20,9 +20,17 @@
  *              (F64, per channel of each node's input), "count" (I64 per node).
  *   "hist"     args: nodes, lo, hi, bins; tensors: changed parameters. Reply: "counts" (I64).
  *   "eval"     tensors: changed parameters. Reply: scalars n, n_labeled, correct, agree, loss_sum.
+ *   "local"    (FedAvg) args: objective, temperature, mode, batch, seed, step (the round), pad,
+ *              hflip, total_n, steps (E), lr, momentum, weight_decay; tensors: changed parameters,
+ *              "trainable". The agent runs E local SGD steps from the announced weights (fresh
+ *              optimizer, fs_local_update) and restores them. Reply: count = its n_k (0 if its
+ *              minibatch share is empty), scalars loss_sum and loss_count (its first local step),
+ *              tensors "delta/NAME" (F32, n_k * (w_after - w_before)) for every trainable
+ *              parameter: the size of the trainable set, whatever n_k is.
  *
- * Streamed replies: a "loss" request with want_grad carries the arg `stream` (bytes per part) when
- * the transport asks for it (fs_fed_transport.stream_bytes); the agent then sends a gradient reply
+ * Streamed replies: a "loss" request with want_grad, and every "local" request, carry the arg
+ * `stream` (bytes per part) when the transport asks for it (fs_fed_transport.stream_bytes); the
+ * agent then sends a gradient (or delta) reply
  * larger than one part as COMPUTE_HEAD + COMPUTE_PART messages (fs_fed_send_reply), and the
  * coordinator adds each part into its double sums as it arrives (fs_fed_feed), holding one model
  * sized sum plus the parts in flight instead of one reply per agent (docs/federation.md).

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -338,6 +339,196 @@ static void recovery_lowers_the_objective(void **state)
     fs_model_free(s);
 }
 
+static float max_weight_diff(const fs_model *a, const fs_model *b)
+{
+    float m = 0;
+    for (size_t k = 0; k < a->param_floats; k++) {
+        float e = fabsf(a->param_block[k] - b->param_block[k]);
+        if (e > m)
+            m = e;
+    }
+    return m;
+}
+
+static fs_source *local_source(const fixture *f)
+{
+    fs_diag d = {0};
+    fs_local *L = NULL;
+    assert_int_equal(fs_local_create(&L, f->teacher, f->ds, 64, 0, &d), 0);
+    fs_source *src = NULL;
+    assert_int_equal(fs_source_local(&src, L, &d), 0);
+    return src;
+}
+
+/* One site, every sample, no momentum, one local step: a FedAvg round is one step of plain SGD,
+ * so FedAvg and FedSGD recoveries agree to float precision; a local update leaves the student's
+ * weights as they were and returns n * delta with n the site's samples. */
+static void fedavg_one_step_equals_fedsgd(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    fs_source *src = local_source(f);
+    fs_model *a = make_student(f), *b = NULL, *c0 = NULL;
+    assert_int_equal(fs_model_clone(&b, a, &d), 0);
+    assert_int_equal(fs_model_clone(&c0, a, &d), 0);
+    fs_model_set_trainable(a, 1);
+    fs_model_set_trainable(b, 1);
+    /* the local update alone */
+    fs_update_req q = {.objective = FS_OBJ_MIMIC, .mode = FS_MODE_EVAL, .sample = {.batch = 0},
+                       .steps = 1, .lr = 0.02f};
+    fs_update_sum us;
+    assert_int_equal(fs_source_local_update(src, a, &q, &us, &d), 0);
+    assert_int_equal(us.n, f->ds->n);
+    assert_int_equal(us.loss_count, f->ds->n);
+    assert_true(us.loss_sum > 0);
+    assert_memory_equal(a->param_block, c0->param_block, a->param_floats * sizeof(float));
+    /* delta / n == -lr * mean gradient (no weight decay) */
+    fs_loss_req lq = {.objective = FS_OBJ_MIMIC, .mode = FS_MODE_EVAL, .want_grad = 1,
+                      .sample = {.batch = 0}};
+    fs_loss_sum ls;
+    fs_model_zero_grad(b);
+    assert_int_equal(fs_source_loss(src, b, &lq, &ls, &d), 0);
+    assert_true(fabs(ls.loss_sum - us.loss_sum) <= 1e-9 * fabs(ls.loss_sum));
+    /* delta = (w - lr g) - w in float: exact up to the rounding of w - lr g, half an ulp of w */
+    float gmax = 0, emax = 0, wmax = 0;
+    for (int i = 0; i < a->n_params; i++) {
+        const fs_param *p = &a->params[i];
+        if (!p->grad || !p->trainable)
+            continue;
+        size_t off = (size_t)(p->grad - a->grad_block);
+        for (size_t k = 0; k < p->numel; k++) {
+            float want = -0.02f * b->grad_block[off + k] / (float)ls.count;
+            float got = a->grad_block[off + k] / (float)us.n;
+            gmax = fmaxf(gmax, fabsf(want));
+            emax = fmaxf(emax, fabsf(got - want));
+            wmax = fmaxf(wmax, fabsf(p->data[k]));
+        }
+    }
+    print_message("# one local step: max |delta/n + lr g| = %.3g (max |lr g| = %.3g, max |w| = "
+                  "%.3g)\n", (double)emax, (double)gmax, (double)wmax);
+    assert_true(gmax > 0 && emax <= 4 * FLT_EPSILON * wmax);
+    /* whole recoveries: FedSGD (momentum 0) vs FedAvg E=1 */
+    fs_recover_config c;
+    fs_recover_defaults(&c);
+    c.iterations = 8;
+    c.batch = 0;
+    c.pad = c.hflip = 0;
+    c.momentum = 0;
+    assert_int_equal(fs_recover(src, b, &c, "fedsgd", NULL, NULL, NULL, &d), 0);
+    c.local_steps = 1;
+    int rc = fs_recover(src, a, &c, "fedavg", NULL, NULL, NULL, &d);
+    if (rc)
+        print_message("%s\n", d.msg);
+    assert_int_equal(rc, 0);
+    float diff = max_weight_diff(a, b), moved = max_weight_diff(b, c0);
+    print_message("# 8 rounds, E=1: FedAvg vs FedSGD max |weight difference| = %.3g (moved %.3g)\n",
+                  (double)diff, (double)moved);
+    assert_true(moved > 1e-4f);
+    assert_true(diff <= 1e-5f && diff <= 1e-2f * moved);
+    fs_model_free(a);
+    fs_model_free(b);
+    fs_model_free(c0);
+    fs_source_free(src);
+}
+
+/* Checkpoint hooks over FedAvg rounds: a snapshot after round K and a resume from it end where an
+ * uninterrupted run ends (the state is the weights; nothing else carries between rounds). */
+typedef struct {
+    long at;
+    long done;
+    float *w;
+    size_t n;
+} mem_ckpt;
+
+static int mem_checkpoint(void *ud, fs_model *s, fs_optimizer *opt, long done, long total,
+                          double loss, fs_diag *d)
+{
+    (void)opt;
+    (void)total;
+    (void)loss;
+    (void)d;
+    mem_ckpt *m = ud;
+    if (done == m->at) {
+        memcpy(m->w, s->param_block, m->n * sizeof(float));
+        m->done = done;
+        return FS_ECANCELED;    /* "killed" right after the snapshot */
+    }
+    return 0;
+}
+
+static int mem_resume(void *ud, fs_model *s, fs_optimizer *opt, long total, long *start,
+                      fs_diag *d)
+{
+    (void)opt;
+    (void)total;
+    (void)d;
+    mem_ckpt *m = ud;
+    *start = 0;
+    if (m->done) {
+        memcpy(s->param_block, m->w, m->n * sizeof(float));
+        *start = m->done;
+        m->at = -1;
+    }
+    return 0;
+}
+
+static void no_before_step(void *ud, fs_model *s, long it, float lr)
+{
+    (void)ud;
+    (void)s;
+    (void)it;
+    (void)lr;
+}
+
+/* E > 1 local steps on minibatches with momentum lower the objective; resuming from a checkpoint
+ * gives exactly the uninterrupted result. */
+static void fedavg_lowers_the_objective_and_resumes(void **state)
+{
+    fixture *f = *state;
+    fs_diag d = {0};
+    fs_source *src = local_source(f);
+    fs_model *s = make_student(f), *r = NULL;
+    assert_int_equal(fs_model_clone(&r, s, &d), 0);
+    double before, after;
+    assert_int_equal(fs_source_set_student(src, s, &d), 0);
+    assert_int_equal(fs_objective_mean(src, s, FS_OBJ_MIMIC, 0, &before, &d), 0);
+    fs_recover_config c;
+    fs_recover_defaults(&c);
+    c.iterations = 10;
+    c.local_steps = 4;
+    c.batch = 16;
+    c.pad = 0;
+    c.hflip = 1;
+    fs_model_set_trainable(s, 1);
+    int rc = fs_recover(src, s, &c, "fedavg", NULL, NULL, NULL, &d);
+    if (rc)
+        print_message("%s\n", d.msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(fs_objective_mean(src, s, FS_OBJ_MIMIC, 0, &after, &d), 0);
+    print_message("# FedAvg E=4, 10 rounds: objective %.5f -> %.5f\n", before, after);
+    assert_true(before > 0);
+    assert_true(after < 0.95 * before);
+    /* interrupted after round 4, resumed */
+    mem_ckpt m = {.at = 4, .n = r->param_floats};
+    m.w = malloc(m.n * sizeof(float));
+    fs_recover_hooks h = {mem_resume, mem_checkpoint, &m};
+    c.hooks = &h;
+    fs_model_set_trainable(r, 1);
+    assert_int_equal(fs_recover(src, r, &c, "fedavg", NULL, NULL, NULL, &d), FS_ECANCELED);
+    assert_int_equal(m.done, 4);
+    assert_int_equal(fs_recover(src, r, &c, "fedavg", NULL, NULL, NULL, &d), 0);
+    assert_memory_equal(r->param_block, s->param_block, s->param_floats * sizeof(float));
+    /* a before-step hook needs FedSGD */
+    c.hooks = NULL;
+    c.before_step = no_before_step;
+    assert_int_equal(fs_recover(src, r, &c, "fedavg", NULL, NULL, NULL, &d), FS_EINVAL);
+    assert_non_null(strstr(d.msg, "FedSGD"));
+    free(m.w);
+    fs_model_free(s);
+    fs_model_free(r);
+    fs_source_free(src);
+}
+
 /* Latency proportional to FLOPs: deterministic, so the test does not depend on the load. */
 static int flops_latency(void *ud, double *sec, fs_model *m, int batch, int reps, fs_diag *d)
 {
@@ -423,6 +614,8 @@ int main(void)
         cmocka_unit_test(moments_histograms_and_bn_reestimation),
         cmocka_unit_test(dropping_blocks_renumbers_and_copies),
         cmocka_unit_test(recovery_lowers_the_objective),
+        cmocka_unit_test(fedavg_one_step_equals_fedsgd),
+        cmocka_unit_test(fedavg_lowers_the_objective_and_resumes),
         cmocka_unit_test(practise_scores_and_choice),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -2,7 +2,8 @@
  * test_fed.c — the federated source's reply path without sockets: a fake transport feeds whole and
  * streamed gradient replies of two agents through fs_fed_feed into fs_fed_source, and checks the
  * sums; an agent leaving in the middle of its streamed reply makes the round repeat (FS_EAGAIN) and
- * leaves no trace of its partial reply; malformed streams are refused with the agent named.
+ * leaves no trace of its partial reply; malformed streams are refused with the agent named. FedAvg
+ * "local" requests take the same path with "delta/" replies.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -25,6 +26,7 @@ typedef struct {
     int leave_after_parts;     /* >= 0: agent 1 stops after this many parts, on the first try */
     int attempts;              /* loss exchanges so far */
     int saw_stream_arg;
+    int local;                 /* FedAvg: "local" requests, "delta/" replies with loss_count */
     float *grads[NAGENTS];
     fs_wire_tensor *t;
     char (*names)[FS_WIRE_TENSOR_NAME_MAX + 1];
@@ -44,7 +46,8 @@ static size_t make_reply(fake *f, int a, fs_wire_msg *r)
         fs_param *p = &m->params[i];
         if (!p->grad || !p->trainable)
             continue;
-        snprintf(f->names[n], sizeof f->names[n], "grad/%s", p->name);
+        snprintf(f->names[n], sizeof f->names[n], "%s%s", f->local ? "delta/" : "grad/",
+                 p->name);
         memset(&f->t[n], 0, sizeof f->t[n]);
         snprintf(f->t[n].name, sizeof f->t[n].name, "%s", f->names[n]);
         f->t[n].dtype = FS_WIRE_F32;
@@ -58,16 +61,19 @@ static size_t make_reply(fake *f, int a, fs_wire_msg *r)
         off += p->numel;
         n++;
     }
-    static fs_kv loss[NAGENTS];
-    memset(&loss[a], 0, sizeof loss[a]);
-    snprintf(loss[a].key, sizeof loss[a].key, "loss_sum");
-    loss[a].kind = FS_KV_FLOAT;
-    loss[a].f = 10.0 * (a + 1);
+    static fs_kv loss[NAGENTS][2];
+    memset(loss[a], 0, sizeof loss[a]);
+    snprintf(loss[a][0].key, sizeof loss[a][0].key, "loss_sum");
+    loss[a][0].kind = FS_KV_FLOAT;
+    loss[a][0].f = 10.0 * (a + 1);
+    snprintf(loss[a][1].key, sizeof loss[a][1].key, "loss_count");
+    loss[a][1].kind = FS_KV_FLOAT;
+    loss[a][1].f = 4.0;
     memset(r, 0, sizeof *r);
     r->type = FS_MSG_COMPUTE_REPLY;
     r->u.compute_reply.count = 10;
-    r->u.compute_reply.scalars.items = &loss[a];
-    r->u.compute_reply.scalars.n = 1;
+    r->u.compute_reply.scalars.items = loss[a];
+    r->u.compute_reply.scalars.n = f->local ? 2 : 1;
     r->tensors = f->t;
     r->n_tensors = n;
     return off;
@@ -89,7 +95,7 @@ static int fake_exchange(void *ud, fs_wire_msg *req, fs_fed_reply_fn fn, void *c
         }
         return 0;
     }
-    assert_string_equal(req->u.compute_req.kind, "loss");
+    assert_string_equal(req->u.compute_req.kind, f->local ? "local" : "loss");
     int64_t part = 0;
     if (fs_kv_get_i64(&req->u.compute_req.args, "stream", &part) == 0)
         f->saw_stream_arg = 1;
@@ -136,7 +142,7 @@ static int64_t fake_total(void *ud)
     return 10 * NAGENTS;
 }
 
-static void run_case(int stream, int leave_after_parts)
+static void run_case_kind(int stream, int leave_after_parts, int local)
 {
     fs_arch a;
     fs_diag d = {0};
@@ -148,6 +154,7 @@ static void run_case(int stream, int leave_after_parts)
     fs_model_init(f.m, 3);
     f.stream = stream;
     f.leave_after_parts = leave_after_parts;
+    f.local = local;
     for (int i = 0; i < NAGENTS; i++)
         f.grads[i] = calloc(f.m->grad_floats + 1, sizeof(float));
     f.t = calloc((size_t)f.m->n_params, sizeof *f.t);
@@ -160,10 +167,24 @@ static void run_case(int stream, int leave_after_parts)
     q.objective = FS_OBJ_MIMIC;
     q.want_grad = 1;
     fs_loss_sum ls;
-    fs_model_zero_grad(f.m);
-    int rc = fs_source_loss(src, f.m, &q, &ls, &d);
-    if (rc)
-        fail_msg("loss: %s", d.msg);
+    int rc;
+    if (local) {
+        /* a FedAvg round: the deltas are written (not added) into .grad */
+        fs_update_req uq = {.objective = FS_OBJ_MIMIC, .steps = 3, .lr = 0.1f};
+        fs_update_sum us;
+        for (size_t k = 0; k < f.m->grad_floats; k++)
+            f.m->grad_block[k] = 1e6f;
+        rc = fs_source_local_update(src, f.m, &uq, &us, &d);
+        if (rc)
+            fail_msg("local update: %s", d.msg);
+        assert_int_equal(us.loss_count, 4 * NAGENTS);
+        ls.count = us.n;
+        ls.loss_sum = us.loss_sum;
+    } else {
+        fs_model_zero_grad(f.m);
+        if ((rc = fs_source_loss(src, f.m, &q, &ls, &d)) != 0)
+            fail_msg("loss: %s", d.msg);
+    }
     assert_int_equal(f.saw_stream_arg, stream);
     assert_int_equal(f.attempts, leave_after_parts >= 0 ? 2 : 1);
     /* the sums of exactly one reply per agent: nothing left over from the abandoned attempt */
@@ -187,6 +208,21 @@ static void run_case(int stream, int leave_after_parts)
     free(f.t);
     free(f.names);
     fs_model_free(f.m);
+}
+
+static void run_case(int stream, int leave_after_parts)
+{
+    run_case_kind(stream, leave_after_parts, 0);
+}
+
+/* FedAvg rounds take the same path: whole and streamed "delta/" replies, a round repeated after an
+ * agent left mid-stream. */
+static void local_update_replies_sum(void **state)
+{
+    (void)state;
+    run_case_kind(0, -1, 1);
+    run_case_kind(1, -1, 1);
+    run_case_kind(1, 2, 1);
 }
 
 static void whole_replies_sum(void **state)
@@ -284,6 +320,7 @@ int main(void)
         cmocka_unit_test(streamed_replies_sum),
         cmocka_unit_test(agent_leaving_mid_stream_repeats_round),
         cmocka_unit_test(feed_rejects_malformed_streams),
+        cmocka_unit_test(local_update_replies_sum),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

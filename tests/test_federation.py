@@ -10,7 +10,9 @@ a coordinator and three agents (scripts/fedlab.sh), fedslimctl, real Fashion-MNI
   3. the coordinator killed with SIGKILL mid-job and restarted: the job resumes from its checkpoint
      and ends with the same model as an uninterrupted run;
   4. the notify protocol (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) on a fake NOTIFY_SOCKET;
-  5. fedslimctl against a stopped coordinator, a bad job file and a job naming an unknown agent.
+  5. fedslimctl against a stopped coordinator, a bad job file and a job naming an unknown agent;
+  6. FedAvg jobs (local_steps): E=1 with every sample and no momentum equals the FedSGD job; E=3
+     completes and lowers the objective; "local" replies do not grow with the sample count.
 Prints "N passed, M failed" and exits non-zero on failure.
 """
 import json
@@ -245,6 +247,63 @@ def test_federated_equals_central(parts, union, teacher):
         lab.stop()
 
 
+def test_fedavg(parts, union, teacher):
+    """FedAvg (local_steps = E): local steps on different data are not central steps, so there is
+    no central equality to check. Instead: with E = 1, every sample and no momentum a FedAvg round
+    is one plain SGD step on the averaged gradient, so the job equals the FedSGD job (momentum 0);
+    with E = 3 the job completes and lowers the objective (below where recovery starts, after BN
+    re-estimation: a job with 0 rounds, and below the E = 1 job); the agents' "local" replies are
+    sums of the size of the trainable set, the same for 40 and 80 samples."""
+    lab = Lab("fedavg", parts)
+    rec = os.path.join(lab.dir, "messages.log")
+    try:
+        lab.start_coordinator({"FS_RECORD_MESSAGES": rec})
+        for k in (1, 2, 3):
+            lab.start_agent(k)
+        lab.wait_agents(3)
+        common = "stream_part = 4KiB\nmomentum = 0\n"
+        sgd = lab.submit(job_ini(teacher, extra=common))
+        s = lab.wait_job(sgd)
+        assert s["state"] == "done", s
+        avg1 = lab.submit(job_ini(teacher, extra=common + "local_steps = 1\n"))
+        s = lab.wait_job(avg1)
+        assert s["state"] == "done", s
+        d = max_diff(lab.student(sgd), lab.student(avg1))
+        print("# FedAvg E=1 vs FedSGD (full batch, momentum 0): max |weight difference| = %.3g" % d)
+        assert d <= 1e-4, d
+        r1 = lab.report(avg1)
+        assert r1["recovery"]["algorithm"] == "fedavg" and r1["recovery"]["local_steps"] == 1, r1["recovery"]
+        assert lab.report(sgd)["recovery"]["algorithm"] == "fedsgd"
+        # where recovery starts: the objective after BN re-estimation (0 rounds)
+        base = lab.submit(job_ini(teacher, iterations=0, extra=common))
+        s = lab.wait_job(base)
+        assert s["state"] == "done", s
+        obj0 = lab.report(base)["models"][0]["objective_after"]
+        start = sum(1 for _ in open(rec))
+        avg3 = lab.submit(job_ini(teacher, extra=common + "local_steps = 3\n"))
+        s = lab.wait_job(avg3)
+        assert s["state"] == "done", s
+        r3 = lab.report(avg3)
+        obj3, obj1 = r3["models"][0]["objective_after"], r1["models"][0]["objective_after"]
+        print("# objective at the start of recovery %.5f; after 15 rounds: FedAvg E=1 %.5f, "
+              "E=3 %.5f" % (obj0, obj1, obj3))
+        assert obj3 < obj0 and obj3 < obj1, (obj0, obj1, obj3)
+        assert [a["state"] for a in r3["agents"]] == ["finished"] * 3, r3["agents"]
+        assert [a["samples"] for a in r3["agents"]] == [40, 40, 80], r3["agents"]
+        # privacy of the new request: during the E=3 job, site-1 (40 samples) and site-3 (80)
+        # sent the same messages with the same sizes; its 15 rounds were streamed "local" replies
+        kinds = ("COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART")
+        sizes = {}
+        for i, line in enumerate(open(rec)):
+            agent, typ, kind, ntens, nbytes = line.split()
+            if i >= start and typ in kinds:
+                sizes.setdefault(agent, []).append((typ, int(ntens), int(nbytes)))
+        assert sizes["site-1"] == sizes["site-3"], (sizes["site-1"][:5], sizes["site-3"][:5])
+        assert sum(1 for x in sizes["site-1"] if x[0] == "COMPUTE_HEAD") >= 15, sizes["site-1"][:5]
+    finally:
+        lab.stop()
+
+
 def test_int8_federated_equals_central(parts, union, teacher):
     """int8 through the federation: the activation ranges come from histograms summed over the
     sites, so the quantized model equals the one calibrated centrally on the union."""
@@ -430,6 +489,7 @@ def main():
     try:
         parts, union, teacher = setup()
         tests = [("federated_equals_central", lambda: test_federated_equals_central(parts, union, teacher)),
+                 ("fedavg", lambda: test_fedavg(parts, union, teacher)),
                  ("int8_federated_equals_central",
                   lambda: test_int8_federated_equals_central(parts, union, teacher)),
                  ("agent_killed_midjob", lambda: test_agent_killed_midjob(parts, teacher)),

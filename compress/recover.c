@@ -43,6 +43,26 @@ static void grads_to_mean(fs_model *m, int64_t count)
     }
 }
 
+/* After step `it` (FedSGD) or round `it` (FedAvg): the caller's after-step hook, the checkpoint,
+ * and a progress line every 10 steps. */
+static int step_done(const fs_recover_config *c, fs_model *student, fs_optimizer *opt, long it,
+                     long start, float lr, double loss, double t0, const char *phase,
+                     fs_progress_fn progress, void *ud, fs_diag *d)
+{
+    if (c->after_step)
+        c->after_step(c->after_step_ud, student, it, lr);
+    int rc = 0;
+    if (c->hooks && c->hooks->checkpoint &&
+        (rc = c->hooks->checkpoint(c->hooks->ud, student, opt, it + 1, c->iterations, loss, d)))
+        return rc;
+    if (progress && (it % 10 == 9 || it == c->iterations - 1 || it == start)) {
+        double el = fs_now_sec() - t0;
+        progress(ud, phase, it + 1, c->iterations, loss,
+                 el / (double)(it + 1 - start) * (double)(c->iterations - it - 1));
+    }
+    return 0;
+}
+
 /* FedAvg: rounds of E local steps at the sites; the student moves by the weighted mean delta.
  * The optimizer exists only for the checkpoint hooks (its state stays zero, its step count is the
  * number of rounds done), so snapshots keep their format. */
@@ -100,17 +120,8 @@ static int recover_fedavg(fs_source *src, fs_model *student, const fs_recover_co
                 p->data[k] += s * p->grad[k];
         }
         fs_optimizer_set_steps(opt, it + 1);
-        if (c->after_step)
-            c->after_step(c->after_step_ud, student, it, lr);
-        if (c->hooks && c->hooks->checkpoint &&
-            (rc = c->hooks->checkpoint(c->hooks->ud, student, opt, it + 1, c->iterations, loss,
-                                       d)) != 0)
+        if ((rc = step_done(c, student, opt, it, start, lr, loss, t0, phase, progress, ud, d)))
             goto done;
-        if (progress && (it % 10 == 9 || it == c->iterations - 1 || it == start)) {
-            double el = fs_now_sec() - t0;
-            progress(ud, phase, it + 1, c->iterations, loss,
-                     el / (double)(it + 1 - start) * (double)(c->iterations - it - 1));
-        }
     }
     if (final_loss)
         *final_loss = loss;
@@ -165,17 +176,8 @@ int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, co
         if (c->before_step)
             c->before_step(c->before_step_ud, student, it, lr);
         fs_optimizer_step(opt, student, lr);
-        if (c->after_step)
-            c->after_step(c->after_step_ud, student, it, lr);
-        if (c->hooks && c->hooks->checkpoint &&
-            (rc = c->hooks->checkpoint(c->hooks->ud, student, opt, it + 1, c->iterations, loss,
-                                       d)) != 0)
+        if ((rc = step_done(c, student, opt, it, start, lr, loss, t0, phase, progress, ud, d)))
             goto done;
-        if (progress && (it % 10 == 9 || it == c->iterations - 1 || it == start)) {
-            double el = fs_now_sec() - t0;
-            progress(ud, phase, it + 1, c->iterations, loss,
-                     el / (double)(it + 1 - start) * (double)(c->iterations - it - 1));
-        }
     }
     if (final_loss)
         *final_loss = loss;

@@ -277,6 +277,17 @@ static void put_float(fs_kv *kv, size_t *n, const char *key, double v)
     (*n)++;
 }
 
+/* The minibatch a request draws at every site, and the total the shares are taken of. */
+static void put_sample(fed_src *f, fs_kv *kv, size_t *n, const fs_sample_spec *sp)
+{
+    put_int(kv, n, "batch", sp->batch);
+    put_int(kv, n, "seed", (int64_t)(sp->seed & 0x7fffffffffffffffull));
+    put_int(kv, n, "step", sp->step);
+    put_int(kv, n, "pad", sp->pad);
+    put_int(kv, n, "hflip", sp->hflip);
+    put_int(kv, n, "total_n", f->t.total_samples(f->t.ud));
+}
+
 static void put_nums(fs_kv *kv, size_t *n, const char *key, const double *v, size_t k)
 {
     memset(&kv[*n], 0, sizeof kv[*n]);
@@ -435,12 +446,7 @@ static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss
     put_float(kv, &nk, "temperature", q->temperature);
     put_int(kv, &nk, "mode", q->mode);
     put_int(kv, &nk, "want_grad", q->want_grad);
-    put_int(kv, &nk, "batch", q->sample.batch);
-    put_int(kv, &nk, "seed", (int64_t)(q->sample.seed & 0x7fffffffffffffffull));
-    put_int(kv, &nk, "step", q->sample.step);
-    put_int(kv, &nk, "pad", q->sample.pad);
-    put_int(kv, &nk, "hflip", q->sample.hflip);
-    put_int(kv, &nk, "total_n", f->t.total_samples(f->t.ud));
+    put_sample(f, kv, &nk, &q->sample);
     if (q->want_grad && f->t.stream_bytes)
         put_int(kv, &nk, "stream", (int64_t)f->t.stream_bytes);
     fs_wire_msg req;
@@ -507,12 +513,7 @@ static int src_local_update(void *self, fs_model *student, const fs_update_req *
     put_int(kv, &nk, "objective", q->objective);
     put_float(kv, &nk, "temperature", q->temperature);
     put_int(kv, &nk, "mode", q->mode);
-    put_int(kv, &nk, "batch", q->sample.batch);
-    put_int(kv, &nk, "seed", (int64_t)(q->sample.seed & 0x7fffffffffffffffull));
-    put_int(kv, &nk, "step", q->sample.step);
-    put_int(kv, &nk, "pad", q->sample.pad);
-    put_int(kv, &nk, "hflip", q->sample.hflip);
-    put_int(kv, &nk, "total_n", f->t.total_samples(f->t.ud));
+    put_sample(f, kv, &nk, &q->sample);
     put_int(kv, &nk, "steps", q->steps);
     put_float(kv, &nk, "lr", q->lr);
     put_float(kv, &nk, "momentum", q->momentum);

@@ -229,6 +229,11 @@ def test_federated_equals_central(parts, union, teacher):
         assert [a["state"] for a in rep["agents"]] == ["finished"] * 3, rep["agents"]
         assert [a["samples"] for a in rep["agents"]] == [40, 40, 80], rep["agents"]
         assert 0 < rep["student_accuracy"] <= 1 and 0 < rep["teacher_accuracy"] <= 1
+        # the target: the federated job's accuracy within 0.3 points of the central run
+        ev = json.loads(run(BIN + "/fedslim", "eval", "--model", central, "--data",
+                            "idx:%s/t10k" % FMNIST, "--json", "--threads", "1").stdout)
+        print("# test accuracy: federated %.4f, central %.4f" % (rep["student_accuracy"], ev["accuracy"]))
+        assert abs(rep["student_accuracy"] - ev["accuracy"]) <= 0.003, (rep["student_accuracy"], ev)
         # what the agents sent: allowed types only; no payload grows with the local sample count
         allowed = {"HELLO", "HEARTBEAT", "JOB_ACCEPT", "JOB_DECLINE", "MODEL_REQ",
                    "COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART", "ERROR", "BYE"}

@@ -342,6 +342,8 @@ typedef struct {
     fs_wire_session sess;
     uint64_t tx_seq;
     bool quarantined;
+    bool stale_told;            /* a stale ERROR went out for (stale_round, stale_step) */
+    uint32_t stale_round, stale_step;
     int fd;     /* the connection its latest message came on (ZMQ_SRCFD), -1 unknown */
     bool lost;  /* that connection closed; not yet taken by fs_link_server_take_lost */
 } peer_state;
@@ -678,6 +680,18 @@ static int server_recv_one(fs_link_server *s, fs_link_peer *peer, fs_wire_msg **
     }
     if (rc) {
         s->st.rejected++;
+        /* one ERROR per stale exchange: the rest of a streamed reply (every COMPUTE_PART of the
+         * same round and step) is dropped quietly */
+        if (ps->stale_told && ps->stale_round == m->round && ps->stale_step == m->step) {
+            fs_log_kv(FS_LOG_DEBUG, "stale message dropped", "AGENT", uid, "REASON", d->msg,
+                      NULL);
+            fs_wire_msg_free(m);
+            rc = FS_EAGAIN;
+            goto out;
+        }
+        ps->stale_told = true;
+        ps->stale_round = m->round;
+        ps->stale_step = m->step;
         log_reject(&s->rl_proto, FS_LOG_NOTICE, "stale message rejected", uid, d->msg, NULL);
         fs_wire_msg e;
         memset(&e, 0, sizeof e);

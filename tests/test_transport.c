@@ -507,6 +507,20 @@ static void replay_dropped_and_stale_answered(void **state)
     assert_string_equal(got->u.error.code, "stale");
     assert_non_null(strstr(got->u.error.text, "round 2, expected 3"));
     fs_wire_msg_free(got);
+    /* more of the same stale exchange (the rest of a streamed reply) is dropped without another
+     * ERROR each; a different stale round is answered again */
+    uint64_t rejected = fs_link_server_stats(w.srv).rejected;
+    send_ok(c, &r);
+    send_ok(c, &r);
+    assert_int_equal(srv_recv(&w, &peer, &got, 1000), FS_ETIMEDOUT);
+    assert_int_equal(fs_link_server_stats(w.srv).rejected, rejected + 2);
+    assert_int_equal(cli_recv(c, &got, 300), FS_ETIMEDOUT);
+    r.round = 1;
+    send_ok(c, &r);
+    assert_int_equal(srv_recv(&w, &peer, &got, 1000), FS_ETIMEDOUT);
+    assert_int_equal(cli_recv(c, &got, 5000), 0);
+    assert_string_equal(got->u.error.code, "stale");
+    fs_wire_msg_free(got);
     r.round = 3;
     send_ok(c, &r);
     assert_int_equal(srv_recv(&w, &peer, &got, 5000), 0);

@@ -113,6 +113,20 @@ typedef struct {
     fs_eval_sum ev;
 } fed_src;
 
+/* A COMPUTE_REQ of `kind` with these arguments and the first nt of f->tensors (job, round, step
+ * and seq are the transport's). */
+static void make_req(fs_wire_msg *req, const char *kind, fs_kv *kv, size_t nk, fed_src *f,
+                     size_t nt)
+{
+    memset(req, 0, sizeof *req);
+    req->type = FS_MSG_COMPUTE_REQ;
+    snprintf(req->u.compute_req.kind, sizeof req->u.compute_req.kind, "%s", kind);
+    req->u.compute_req.args.items = kv;
+    req->u.compute_req.args.n = nk;
+    req->tensors = f->tensors;
+    req->n_tensors = nt;
+}
+
 static int ensure_tensors(fed_src *f, size_t n, fs_diag *d)
 {
     if (n <= f->cap_tensors)
@@ -450,13 +464,7 @@ static int src_loss(void *self, fs_model *student, const fs_loss_req *q, fs_loss
     if (q->want_grad && f->t.stream_bytes)
         put_int(kv, &nk, "stream", (int64_t)f->t.stream_bytes);
     fs_wire_msg req;
-    memset(&req, 0, sizeof req);
-    req.type = FS_MSG_COMPUTE_REQ;
-    snprintf(req.u.compute_req.kind, sizeof req.u.compute_req.kind, "loss");
-    req.u.compute_req.args.items = kv;
-    req.u.compute_req.args.n = nk;
-    req.tensors = f->tensors;
-    req.n_tensors = nt;
+    make_req(&req, "loss", kv, nk, f, nt);
     f->loss_sum = 0;
     f->count = 0;
     f->student = student;
@@ -521,13 +529,7 @@ static int src_local_update(void *self, fs_model *student, const fs_update_req *
     if (f->t.stream_bytes)
         put_int(kv, &nk, "stream", (int64_t)f->t.stream_bytes);
     fs_wire_msg req;
-    memset(&req, 0, sizeof req);
-    req.type = FS_MSG_COMPUTE_REQ;
-    snprintf(req.u.compute_req.kind, sizeof req.u.compute_req.kind, "local");
-    req.u.compute_req.args.items = kv;
-    req.u.compute_req.args.n = nk;
-    req.tensors = f->tensors;
-    req.n_tensors = nt;
+    make_req(&req, "local", kv, nk, f, nt);
     f->loss_sum = 0;
     f->count = 0;
     f->loss_count = 0;
@@ -615,13 +617,7 @@ static int src_moments(void *self, fs_model *student, const int *nodes, int n_no
     f->n_nodes = n_nodes;
     f->count = 0;
     fs_wire_msg req;
-    memset(&req, 0, sizeof req);
-    req.type = FS_MSG_COMPUTE_REQ;
-    snprintf(req.u.compute_req.kind, sizeof req.u.compute_req.kind, "moments");
-    req.u.compute_req.args.items = kv;
-    req.u.compute_req.args.n = nk;
-    req.tensors = f->tensors;
-    req.n_tensors = nt;
+    make_req(&req, "moments", kv, nk, f, nt);
     rc = exchange(f, &req, reply_moments, d);
     free(nb);
     return rc;
@@ -671,13 +667,7 @@ static int src_histogram(void *self, fs_model *student, const int *nodes, int n_
     memset(counts, 0, f->n_hist * sizeof(int64_t));
     f->count = 0;
     fs_wire_msg req;
-    memset(&req, 0, sizeof req);
-    req.type = FS_MSG_COMPUTE_REQ;
-    snprintf(req.u.compute_req.kind, sizeof req.u.compute_req.kind, "hist");
-    req.u.compute_req.args.items = kv;
-    req.u.compute_req.args.n = nk;
-    req.tensors = f->tensors;
-    req.n_tensors = nt;
+    make_req(&req, "hist", kv, nk, f, nt);
     rc = exchange(f, &req, reply_hist, d);
     free(nb);
     free(lb);

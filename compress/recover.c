@@ -43,6 +43,17 @@ static void grads_to_mean(fs_model *m, int64_t count)
     }
 }
 
+/* Before the first step: the source learns the student, and a checkpoint (if any) says where
+ * to continue (*start steps or rounds already done). */
+static int begin(fs_source *src, fs_model *student, const fs_recover_config *c, fs_optimizer *opt,
+                 long *start, fs_diag *d)
+{
+    int rc = fs_source_set_student(src, student, d);
+    if (rc == 0 && c->hooks && c->hooks->resume)
+        rc = c->hooks->resume(c->hooks->ud, student, opt, c->iterations, start, d);
+    return rc;
+}
+
 /* After step `it` (FedSGD) or round `it` (FedAvg): the caller's after-step hook, the checkpoint,
  * and a progress line every 10 steps. */
 static int step_done(const fs_recover_config *c, fs_model *student, fs_optimizer *opt, long it,
@@ -82,11 +93,8 @@ static int recover_fedavg(fs_source *src, fs_model *student, const fs_recover_co
     float *state = fs_optimizer_state(opt, &nstate);
     memset(state, 0, nstate * sizeof(float));
     float server_lr = c->server_lr > 0 ? c->server_lr : 1.0f;
-    if ((rc = fs_source_set_student(src, student, d)) != 0)
-        goto done;
     long start = 0;
-    if (c->hooks && c->hooks->resume &&
-        (rc = c->hooks->resume(c->hooks->ud, student, opt, c->iterations, &start, d)) != 0)
+    if ((rc = begin(src, student, c, opt, &start, d)) != 0)
         goto done;
     double t0 = fs_now_sec(), loss = 0;
     for (long it = start; it < c->iterations; it++) {
@@ -145,11 +153,8 @@ int fs_recover(fs_source *src, fs_model *student, const fs_recover_config *c, co
     int rc = fs_optimizer_create(&opt, student, &oc, d);
     if (rc)
         return rc;
-    if ((rc = fs_source_set_student(src, student, d)) != 0)
-        goto done;
     long start = 0;
-    if (c->hooks && c->hooks->resume &&
-        (rc = c->hooks->resume(c->hooks->ud, student, opt, c->iterations, &start, d)) != 0)
+    if ((rc = begin(src, student, c, opt, &start, d)) != 0)
         goto done;
     double t0 = fs_now_sec(), loss = 0;
     for (long it = start; it < c->iterations; it++) {

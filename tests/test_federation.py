@@ -120,6 +120,13 @@ class Lab:
         self.procs["site-%d" % k] = subprocess.Popen(
             [BIN + "/fedslim-agent", "--config", d + "/agent.conf"], stdout=log, stderr=log)
 
+    def start_all(self, extra_env=None):
+        """The coordinator and the three sites, connected."""
+        self.start_coordinator(extra_env)
+        for k in (1, 2, 3):
+            self.start_agent(k)
+        self.wait_agents(3)
+
     def log(self, who):
         try:
             return open(os.path.join(self.dir, "logs", who + ".log")).read()[-3000:]
@@ -185,6 +192,22 @@ class Lab:
                 p.kill()
 
 
+def recorded_replies(rec, first_line=0):
+    """What each agent sent, from the coordinator's FS_RECORD_MESSAGES file (from line
+    first_line on): asserts every message is of a type agents may send, returns {agent: [(type,
+    tensors, bytes)]} of their replies."""
+    allowed = {"HELLO", "HEARTBEAT", "JOB_ACCEPT", "JOB_DECLINE", "MODEL_REQ",
+               "COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART", "ERROR", "BYE"}
+    kinds = ("COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART")
+    replies = {}
+    for i, line in enumerate(open(rec)):
+        agent, typ, kind, ntens, nbytes = line.split()
+        assert typ in allowed, line
+        if i >= first_line and typ in kinds:
+            replies.setdefault(agent, []).append((typ, int(ntens), int(nbytes)))
+    return replies
+
+
 def job_ini(teacher, drop="layer1.1", iterations=15, quorum=0, extra=""):
     return ("[job]\nname = t\nteacher = %s\nagents = site-1, site-2, site-3\nquorum = %d\n"
             "drop = %s\nrecover = mimic\niterations = %d\nbatch = 0\naugment = 0\nshots = 0\n"
@@ -209,10 +232,7 @@ def test_federated_equals_central(parts, union, teacher):
     lab = Lab("equal", parts)
     rec = os.path.join(lab.dir, "messages.log")
     try:
-        lab.start_coordinator({"FS_RECORD_MESSAGES": rec})
-        for k in (1, 2, 3):
-            lab.start_agent(k)
-        lab.wait_agents(3)
+        lab.start_all({"FS_RECORD_MESSAGES": rec})
         # 4 KiB parts: every gradient reply streams (COMPUTE_HEAD + COMPUTE_PART), so the equality
         # below also holds for sums added part by part as they arrive
         job = lab.submit(job_ini(teacher, extra="eval = idx:%s/t10k\nstream_part = 4KiB\n" % FMNIST))
@@ -235,15 +255,7 @@ def test_federated_equals_central(parts, union, teacher):
         print("# test accuracy: federated %.4f, central %.4f" % (rep["student_accuracy"], ev["accuracy"]))
         assert abs(rep["student_accuracy"] - ev["accuracy"]) <= 0.003, (rep["student_accuracy"], ev)
         # what the agents sent: allowed types only; no payload grows with the local sample count
-        allowed = {"HELLO", "HEARTBEAT", "JOB_ACCEPT", "JOB_DECLINE", "MODEL_REQ",
-                   "COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART", "ERROR", "BYE"}
-        sizes = {}
-        for line in open(rec):
-            agent, typ, kind, ntens, nbytes = line.split()
-            assert typ in allowed, line
-            sizes.setdefault(agent, []).append((typ, int(ntens), int(nbytes)))
-        kinds = ("COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART")
-        replies = {a: [x for x in v if x[0] in kinds] for a, v in sizes.items()}
+        replies = recorded_replies(rec)
         assert len(replies["site-1"]) > 10
         assert any(x[0] == "COMPUTE_PART" for x in replies["site-1"]), "no reply was streamed"
         # site-3 holds twice the samples of site-1: the same messages, byte for byte the same size
@@ -262,10 +274,7 @@ def test_fedavg(parts, union, teacher):
     lab = Lab("fedavg", parts)
     rec = os.path.join(lab.dir, "messages.log")
     try:
-        lab.start_coordinator({"FS_RECORD_MESSAGES": rec})
-        for k in (1, 2, 3):
-            lab.start_agent(k)
-        lab.wait_agents(3)
+        lab.start_all({"FS_RECORD_MESSAGES": rec})
         common = "stream_part = 4KiB\nmomentum = 0\n"
         sgd = lab.submit(job_ini(teacher, extra=common))
         s = lab.wait_job(sgd)
@@ -297,12 +306,7 @@ def test_fedavg(parts, union, teacher):
         assert [a["samples"] for a in r3["agents"]] == [40, 40, 80], r3["agents"]
         # privacy of the new request: during the E=3 job, site-1 (40 samples) and site-3 (80)
         # sent the same messages with the same sizes; its 15 rounds were streamed "local" replies
-        kinds = ("COMPUTE_REPLY", "COMPUTE_HEAD", "COMPUTE_PART")
-        sizes = {}
-        for i, line in enumerate(open(rec)):
-            agent, typ, kind, ntens, nbytes = line.split()
-            if i >= start and typ in kinds:
-                sizes.setdefault(agent, []).append((typ, int(ntens), int(nbytes)))
+        sizes = recorded_replies(rec, start)
         assert sizes["site-1"] == sizes["site-3"], (sizes["site-1"][:5], sizes["site-3"][:5])
         assert sum(1 for x in sizes["site-1"] if x[0] == "COMPUTE_HEAD") >= 15, sizes["site-1"][:5]
     finally:
@@ -314,10 +318,7 @@ def test_int8_federated_equals_central(parts, union, teacher):
     sites, so the quantized model equals the one calibrated centrally on the union."""
     lab = Lab("int8", parts)
     try:
-        lab.start_coordinator()
-        for k in (1, 2, 3):
-            lab.start_agent(k)
-        lab.wait_agents(3)
+        lab.start_all()
         job = lab.submit("[job]\nname = q\nteacher = %s\nagents = site-1, site-2, site-3\n"
                          "methods = int8\nshots = 0\nbatch = 0\naugment = 0\n"
                          "step_timeout = 60s\nadmit_timeout = 60s\neval = idx:%s/t10k\n"
@@ -343,10 +344,7 @@ def test_int8_federated_equals_central(parts, union, teacher):
 def test_agent_killed_midjob(parts, teacher):
     lab = Lab("agentkill", parts)
     try:
-        lab.start_coordinator()
-        for k in (1, 2, 3):
-            lab.start_agent(k)
-        lab.wait_agents(3)
+        lab.start_all()
         job = lab.submit(job_ini(teacher, iterations=120, quorum=2).replace(
             "step_timeout = 60s", "step_timeout = 10s"))
         lab.wait_round(job, 10)
@@ -372,20 +370,14 @@ def test_coordinator_killed_and_resumed(parts, teacher):
     ini = job_ini(teacher, iterations=40)
     ref = Lab("uninterrupted", parts)
     try:
-        ref.start_coordinator()
-        for k in (1, 2, 3):
-            ref.start_agent(k)
-        ref.wait_agents(3)
+        ref.start_all()
         job = ref.submit(ini)
         assert ref.wait_job(job)["state"] == "done"
     finally:
         ref.stop()
     lab = Lab("resume", parts)
     try:
-        lab.start_coordinator()
-        for k in (1, 2, 3):
-            lab.start_agent(k)
-        lab.wait_agents(3)
+        lab.start_all()
         job2 = lab.submit(ini)
         lab.wait_round(job2, 20)
         lab.procs["coordinator"].kill()
